@@ -1,0 +1,60 @@
+"""Entry point: ``python -m mia_bench [group=option ...] [key=value ...]`` (Hydra)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Groups in conf/config.yaml's defaults list. Hydra accepts `group=x` for them but rejects `+group=x`
+# ("Multiple values for ...") while it requires `+group=x` for groups outside the list; users know both
+# spellings from other Hydra tools, so `+group=x` is rewritten to `group=x` for these groups.
+DEFAULT_GROUPS = ("dataset", "model", "defense", "attack", "train", "trainer", "logger", "paths", "experiment")
+
+
+def normalize_overrides(argv: list[str]) -> list[str]:
+    out = []
+    for arg in argv:
+        if arg.startswith("+") and not arg.startswith("++"):
+            key = arg[1:].split("=", 1)[0]
+            if key in DEFAULT_GROUPS:
+                arg = arg[1:]
+        out.append(arg)
+    return out
+
+
+def _propagate_lightning_logs() -> None:
+    """Lightning installs its own stream handler and stops propagation when imported before logging is set up,
+    so its messages would miss Hydra's log file; route them through the root logger instead (once)."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        lg.propagate = True
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from mia_bench.pipeline import run
+
+    _propagate_lightning_logs()
+    choices = {k: v for k, v in HydraConfig.get().runtime.choices.items()
+               if not k.startswith("hydra") and v is not None}
+    run(cfg, choices)
+
+
+def main() -> None:
+    if not CONFIG_DIR.is_dir():
+        sys.exit(f"mia_bench: config directory {CONFIG_DIR} not found; install from a checkout with `pip install -e .`")
+    sys.argv = [sys.argv[0], *normalize_overrides(sys.argv[1:])]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

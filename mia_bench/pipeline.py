@@ -1,0 +1,156 @@
+"""The one top-level flow of a benchmark cell: data -> train K models -> signals -> attacks -> metrics -> report.
+
+Read this file to know what a run does; every step is a call into one module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mia_bench import __version__
+from mia_bench.attacks.evaluate import evaluate
+from mia_bench.augment import query_offsets
+from mia_bench.data.base import ArrayData
+from mia_bench.data.splits import make_masks, make_splits
+from mia_bench.io import atomic_write_text
+from mia_bench.report.outputs import log_to_wandb, plot_roc, print_table
+from mia_bench.signals import Signals
+from mia_bench.training.predict import accuracy, collect_logits
+from mia_bench.training.train import train_models
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
+    """Run one cell and write its outputs to ``cfg.paths.output_dir``; returns the metrics records."""
+    t_start = time.perf_counter()
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    choices = dict(choices or {})
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    # 1. Data: population (membership is defined over it), test (utility), public (defenses' own data).
+    raw = instantiate(cfg.dataset.loader)
+    splits = make_splits(
+        raw,
+        population_size=cfg.dataset.population_size,
+        test_size=cfg.dataset.test_size,
+        public_size=cfg.dataset.public_size,
+        seed=cfg.seed,
+    )
+    # 2. Masks: which records each of the K models trains on. The null test trains on one half of the
+    # population and scores the other half, which no model saw, against random fake masks.
+    train_pool, audit, train_masks, audit_masks = membership(splits.population, cfg)
+    splits.population = train_pool
+    log.info("%s: %d population records (%d scored), %d test records, %d classes, K=%d models",
+             splits.name, len(train_pool), len(audit), len(splits.test), splits.num_classes, cfg.num_models)
+
+    # 3. Train all K models with the same recipe.
+    trained = train_models(cfg, splits, train_masks, out)
+    t_trained = time.perf_counter()
+
+    # 4. Signals: every model queried on every scored record under every query augmentation.
+    aug = cfg.dataset.get("query_augment") or {}
+    queries = query_offsets(int(aug.get("shift", 0)), bool(aug.get("hflip", False))) if raw.is_image \
+        else query_offsets()
+    dtype = np.dtype(cfg.signals.dtype)
+    logits = np.stack([collect_logits(m.module, audit.x, queries, cfg.signals.batch_size, dtype) for m in trained])
+    signals = Signals(logits=logits, labels=audit.y.numpy(), masks=audit_masks)
+    signals.save(out / "signals.npz")
+    np.save(out / "masks.npy", audit_masks)
+    utility = utility_metrics(trained, splits, train_masks, cfg)
+
+    # 5-6. Attacks over the saved signals, metrics over target models.
+    attacks = {name: instantiate(node) for name, node in (cfg.attack or {}).items()}
+    if not attacks:
+        raise ValueError("no attack selected: choose e.g. attack=all, attack=lira or attack=[loss,rmia]")
+    targets = resolve_targets(cfg.evaluation.targets, cfg.num_models)
+    result = evaluate(signals, attacks, targets, n_bootstrap=cfg.evaluation.n_bootstrap,
+                      confidence=cfg.evaluation.confidence, seed=cfg.seed)
+
+    # 7. Outputs.
+    context = {
+        "dataset": choices.get("dataset", splits.name),
+        "model": choices.get("model", str(cfg.model.get("name", ""))),
+        "defense": choices.get("defense", str(cfg.defense.get("name", ""))),
+        "num_models": int(cfg.num_models),
+        "num_queries": len(queries),
+        "null_test": bool(cfg.evaluation.null_test),
+        "seed": int(cfg.seed),
+        "version": __version__,
+        **{f"choice/{k}": v for k, v in choices.items()},
+        **utility,
+        "train_seconds": round(t_trained - t_start, 2),
+    }
+    records = [{**context, **rec} for rec in result.records]
+    atomic_write_text(out / "metrics.json", json.dumps(records, indent=2, default=_json_default))
+    plot_roc(result.rocs, out / "roc.png", title=f"{context['dataset']} / {context['model']} / {context['defense']}")
+    print_table(records)
+    if cfg.get("logger") is not None and str(cfg.logger.get("_target_", "")).endswith("WandbLogger"):
+        log_to_wandb(records, out / "roc.png", choices)
+    log.info("wrote %s (%.1fs total)", out, time.perf_counter() - t_start)
+    return records
+
+
+def membership(population: ArrayData, cfg: DictConfig) -> tuple[ArrayData, ArrayData, np.ndarray, np.ndarray]:
+    """Returns (records to train on, records to score, training masks, ground-truth masks of scored records)."""
+    scheme, seed, k = cfg.membership.scheme, cfg.membership.seed, cfg.num_models
+    if not cfg.evaluation.null_test:
+        masks = make_masks(len(population), k, scheme, seed)
+        return population, population, masks, masks
+    perm = torch.randperm(len(population), generator=torch.Generator().manual_seed(int(seed) + 7919))
+    half = len(population) // 2
+    train_pool = population.subset(perm[:half].sort().values)
+    audit = population.subset(perm[half:].sort().values)
+    return train_pool, audit, make_masks(len(train_pool), k, scheme, seed), make_masks(len(audit), k, scheme, seed + 1)
+
+
+def utility_metrics(trained, splits, train_masks: np.ndarray, cfg: DictConfig) -> dict:
+    """Test and train accuracy of every model through its predict path, averaged; and the generalization gap."""
+    test, train = [], []
+    for m in trained:
+        test_logits = collect_logits(m.module, splits.test.x, query_offsets(), cfg.signals.batch_size)[:, 0]
+        test.append(accuracy(test_logits, splits.test.y.numpy()))
+        member = np.flatnonzero(train_masks[m.index])
+        tr_logits = collect_logits(m.module, splits.population.x[member], query_offsets(), cfg.signals.batch_size)
+        train.append(accuracy(tr_logits[:, 0], splits.population.y[member].numpy()))
+    test_a, train_a = np.array(test), np.array(train)
+    return {
+        "test_acc_mean": float(test_a.mean()), "test_acc_std": float(test_a.std(ddof=1)) if len(test_a) > 1 else 0.0,
+        "train_acc_mean": float(train_a.mean()),
+        "train_acc_std": float(train_a.std(ddof=1)) if len(train_a) > 1 else 0.0,
+        "gen_gap": float(train_a.mean() - test_a.mean()),
+    }
+
+
+def resolve_targets(targets, num_models: int) -> list[int]:
+    """``evaluation.targets``: an int n (the first n models), 'all', or an explicit list of model indices."""
+    if isinstance(targets, str):
+        if targets != "all":
+            raise ValueError(f"evaluation.targets={targets!r}: expected an int, 'all' or a list of model indices")
+        return list(range(num_models))
+    if isinstance(targets, int):
+        if not 1 <= targets <= num_models:
+            raise ValueError(f"evaluation.targets={targets}: expected 1..{num_models} (num_models={num_models})")
+        return list(range(targets))
+    out = [int(t) for t in targets]
+    bad = [t for t in out if not 0 <= t < num_models]
+    if bad or not out:
+        raise ValueError(f"evaluation.targets={out}: indices must lie in 0..{num_models - 1}")
+    return out
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")

@@ -1,0 +1,88 @@
+"""Per-run outputs: the log-log ROC plot, the console table, and the W&B summary."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from mia_bench.io import atomic_write_bytes  # noqa: E402
+
+
+def plot_roc(rocs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> None:
+    """Log-log ROC of every attack (mean TPR over targets on a log FPR grid), as LiRA plots it: the region
+    that matters for privacy is the low-FPR corner, invisible on linear axes."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, (fpr, tpr) in sorted(rocs.items()):
+        ax.plot(fpr, tpr, label=name, lw=1.4)
+    grid = np.logspace(-5, 0, 100)
+    ax.plot(grid, grid, ls="--", color="gray", lw=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(1e-4, 1)
+    ax.set_ylim(1e-4, 1)
+    ax.set_xlabel("False positive rate")
+    ax.set_ylabel("True positive rate")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(True, which="major", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _fmt(rec: dict, key: str, pct: bool = False) -> str:
+    mean, std = rec.get(f"{key}_mean"), rec.get(f"{key}_std")
+    if mean is None:
+        return "-"
+    scale = 100.0 if pct else 1.0
+    digits = 2 if pct else 3
+    s = f"{mean * scale:.{digits}f}"
+    if std is not None:
+        s += f" ± {std * scale:.{digits}f}"
+    return s
+
+
+def print_table(records: list[dict], console: Console | None = None) -> None:
+    """The summary a user reads first: one row per attack, mean ± std over target models."""
+    console = console or Console()
+    if not records:
+        return
+    r0 = records[0]
+    title = (f"{r0.get('dataset')} / {r0.get('model')} / defense={r0.get('defense')}  "
+             f"(K={r0.get('num_models')}, {r0.get('n_targets')} targets, {r0.get('n_records')} records; "
+             f"test acc {100 * r0.get('test_acc_mean', float('nan')):.1f}%, "
+             f"train acc {100 * r0.get('train_acc_mean', float('nan')):.1f}%)")
+    table = Table(title=title, title_style="bold")
+    for col in ("attack", "AUC", "TPR@0.1%FPR (%)", "TPR@1%FPR (%)", "advantage", "attack acc (%)"):
+        table.add_column(col, justify="left" if col == "attack" else "right")
+    for rec in sorted(records, key=lambda r: -r.get("tpr_at_fpr_0.01_mean", 0.0)):
+        table.add_row(rec["attack"], _fmt(rec, "auc"), _fmt(rec, "tpr_at_fpr_0.001", True),
+                      _fmt(rec, "tpr_at_fpr_0.01", True), _fmt(rec, "advantage"), _fmt(rec, "attack_accuracy", True))
+    console.print(table)
+
+
+def log_to_wandb(records: list[dict], roc_png: Path, choices: dict[str, str]) -> None:
+    """Metrics per attack as summary scalars, the whole table, and the ROC plot, into the cell's W&B run."""
+    import pandas as pd
+    import wandb
+
+    run = wandb.run
+    if run is None:  # logger=wandb with no training logged (e.g. zero epochs): open the run here
+        run = wandb.init(project="mia_bench", config=choices)
+    run.tags = tuple(sorted(set(run.tags or ()) | {f"{k}={v}" for k, v in choices.items()}))
+    for rec in records:
+        for key, value in rec.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                run.summary[f"{rec['attack']}/{key}"] = value
+    run.log({"metrics": wandb.Table(dataframe=pd.DataFrame(records)), "roc": wandb.Image(str(roc_png))})
+    run.finish()

@@ -1,0 +1,89 @@
+"""The plain classifier LightningModule every defense builds on.
+
+A defense that changes the loss or the step subclasses it; one that acts at inference overrides
+``predict_logits``, which is the only path the signal collection uses, so inference-time defenses are part of
+what the attacker queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mia_bench.augment import random_crop_flip
+
+
+class ClassifierModule(pl.LightningModule):
+    """Cross-entropy training of a ``Classifier`` with batched augmentation.
+
+    ``optimizer`` and ``scheduler`` are partials from the config (``_partial_: true``), so the same module
+    serves any recipe; ``scheduler`` receives the optimizer and the number of epochs.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        label_smoothing: float = 0.0,
+        crop_padding: int = 0,
+        hflip: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={label_smoothing}: expected a value in [0, 1)")
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.label_smoothing = float(label_smoothing)
+        self.crop_padding = int(crop_padding)
+        self.hflip = bool(hflip)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        return random_crop_flip(x, self.crop_padding, self.hflip)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(self.augment(x))
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        acc = (logits.argmax(-1) == y).float().mean()
+        self.log_dict({"train/loss": loss, "train/acc": acc}, prog_bar=True, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.predict_logits(x)
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(-1) == y).float().mean()
+        self.log_dict({"val/loss": loss, "val/acc": acc}, prog_bar=True, on_step=False, on_epoch=True)
+
+    @torch.no_grad()
+    def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """What the attacker observes for a batch of queries: logits (or log-probabilities) of the
+        deployed predictor. Defenses acting at inference override this."""
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model(x)
+        self.model.train(was_training)
+        return out
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        epochs = self.trainer.max_epochs if self.trainer is not None and self.trainer.max_epochs else 1
+        scheduler = self.scheduler_factory(optimizer, T_max=epochs) if _takes_t_max(self.scheduler_factory) \
+            else self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def _takes_t_max(factory: Callable) -> bool:
+    func = getattr(factory, "func", factory)
+    return func is torch.optim.lr_scheduler.CosineAnnealingLR and "T_max" not in getattr(factory, "keywords", {})
