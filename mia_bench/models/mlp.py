@@ -19,7 +19,11 @@ class MLP(Classifier):
     """
 
     def __init__(
-        self, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int] = (256, 256), dropout: float = 0.0
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        hidden: Sequence[int] = (256, 256),
+        dropout: float = 0.0,
     ) -> None:
         super().__init__(num_classes, dropout)
         in_dim = math.prod(int(s) for s in input_shape)

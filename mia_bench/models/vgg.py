@@ -12,12 +12,7 @@ from .registry import Classifier, check_norm, image_shape, init_weights, make_no
 # "M" is a 2x2 max pool. Five pools take 32x32 to 1x1, as in the usual CIFAR VGG (one Linear head).
 VGG_CFGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "vgg19": [
-        64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-        512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
-    ],  # fmt: skip
 }
 
 
@@ -25,7 +20,8 @@ class VGG(Classifier):
     """``[conv3x3 -> norm -> ReLU]`` stacks separated by max pools, then global average pooling.
 
     The pools use ``ceil_mode`` so inputs smaller than 32x32 (down to 1x1) still run; on 32x32 the map is
-    already 1x1 before the adaptive pool, so the model is exactly the CIFAR VGG.
+    already 1x1 before the adaptive pool, so the model is exactly the CIFAR VGG (without conv biases,
+    which the following normalisation makes redundant).
     """
 
     def __init__(
@@ -61,16 +57,12 @@ class VGG(Classifier):
 
 
 @register_model("vgg11")
-def vgg11(
-    input_shape: Sequence[int], num_classes: int, norm: str = "batch", dropout: float = 0.0
-) -> VGG:
+def vgg11(input_shape: Sequence[int], num_classes: int, norm: str = "batch", dropout: float = 0.0) -> VGG:
     """VGG-11 (CIFAR variant, 8 convs)."""
     return VGG(VGG_CFGS["vgg11"], input_shape, num_classes, norm=norm, dropout=dropout)
 
 
 @register_model("vgg16")
-def vgg16(
-    input_shape: Sequence[int], num_classes: int, norm: str = "batch", dropout: float = 0.0
-) -> VGG:
+def vgg16(input_shape: Sequence[int], num_classes: int, norm: str = "batch", dropout: float = 0.0) -> VGG:
     """VGG-16 (CIFAR variant, 13 convs)."""
     return VGG(VGG_CFGS["vgg16"], input_shape, num_classes, norm=norm, dropout=dropout)
