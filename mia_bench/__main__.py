@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
+
+from mia_bench.data.base import DatasetUnavailableError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Groups in conf/config.yaml's defaults list. Hydra accepts `group=x` for them but rejects `+group=x`
 # ("Multiple values for ...") while it requires `+group=x` for groups outside the list; users know both
 # spellings from other Hydra tools, so `+group=x` is rewritten to `group=x` for these groups.
+USER_ERRORS = (ValueError, DatasetUnavailableError, InstantiationException, FileNotFoundError)
 DEFAULT_GROUPS = ("dataset", "model", "defense", "attack", "train", "trainer", "logger", "paths", "experiment")
 
 
@@ -46,7 +51,15 @@ def _hydra_main(cfg: DictConfig) -> None:
     _propagate_lightning_logs()
     choices = {k: v for k, v in HydraConfig.get().runtime.choices.items()
                if not k.startswith("hydra") and v is not None}
-    run(cfg, choices)
+    try:
+        run(cfg, choices)
+    except USER_ERRORS as err:
+        # A bad option or missing data is the user's to fix, not a crash: print the message that names the
+        # bad value and what is accepted, without a stack trace (HYDRA_FULL_ERROR=1 shows it).
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        logging.getLogger("mia_bench").error("%s: %s", type(err).__name__, err)
+        raise SystemExit(2) from None
 
 
 def main() -> None:

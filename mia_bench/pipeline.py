@@ -35,7 +35,15 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     choices = dict(choices or {})
+    if cfg.get("cpu_threads"):
+        torch.set_num_threads(int(cfg.cpu_threads))
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    # Fail on a bad attack or target choice now, not after training.
+    attacks = {name: instantiate(node) for name, node in (cfg.attack or {}).items()}
+    if not attacks:
+        raise ValueError("no attack selected: choose e.g. attack=all, attack=lira or attack=[loss,rmia]")
+    targets = resolve_targets(cfg.evaluation.targets, cfg.num_models)
 
     # 1. Data: population (membership is defined over it), test (utility), public (defenses' own data).
     raw = instantiate(cfg.dataset.loader)
@@ -69,10 +77,6 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
     utility = utility_metrics(trained, splits, train_masks, cfg)
 
     # 5-6. Attacks over the saved signals, metrics over target models.
-    attacks = {name: instantiate(node) for name, node in (cfg.attack or {}).items()}
-    if not attacks:
-        raise ValueError("no attack selected: choose e.g. attack=all, attack=lira or attack=[loss,rmia]")
-    targets = resolve_targets(cfg.evaluation.targets, cfg.num_models)
     result = evaluate(signals, attacks, targets, n_bootstrap=cfg.evaluation.n_bootstrap,
                       confidence=cfg.evaluation.confidence, seed=cfg.seed)
 

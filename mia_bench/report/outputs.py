@@ -54,7 +54,8 @@ def _fmt(rec: dict, key: str, pct: bool = False) -> str:
 
 def print_table(records: list[dict], console: Console | None = None) -> None:
     """The summary a user reads first: one row per attack, mean ± std over target models."""
-    console = console or Console()
+    # Not a terminal (a log file, CI): rich would wrap at 80 columns and split every cell over two lines.
+    console = console or Console(width=None if Console().is_terminal else 150)
     if not records:
         return
     r0 = records[0]
@@ -64,7 +65,7 @@ def print_table(records: list[dict], console: Console | None = None) -> None:
              f"train acc {100 * r0.get('train_acc_mean', float('nan')):.1f}%)")
     table = Table(title=title, title_style="bold")
     for col in ("attack", "AUC", "TPR@0.1%FPR (%)", "TPR@1%FPR (%)", "advantage", "attack acc (%)"):
-        table.add_column(col, justify="left" if col == "attack" else "right")
+        table.add_column(col, justify="left" if col == "attack" else "right", no_wrap=True)
     for rec in sorted(records, key=lambda r: -r.get("tpr_at_fpr_0.01_mean", 0.0)):
         table.add_row(rec["attack"], _fmt(rec, "auc"), _fmt(rec, "tpr_at_fpr_0.001", True),
                       _fmt(rec, "tpr_at_fpr_0.01", True), _fmt(rec, "advantage"), _fmt(rec, "attack_accuracy", True))

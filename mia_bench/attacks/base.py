@@ -1,0 +1,49 @@
+"""The attack interface: one membership score per population record for one target model.
+
+Every attack is an evaluation module over :class:`~mia_bench.signals.Signals` (never over training code).
+``score(signals, target, reference)`` returns a float64 vector ``[N]``, **higher = more likely a member**.
+``reference`` holds the indices of the attacker's reference (shadow) models; their masks and signals are
+known to the attacker, the target's mask is not. Attacks keep no state between calls except ``info``, a
+small dict of diagnostics about the last call (e.g. how many records fell back to a global estimate).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mia_bench.signals import Signals
+
+
+class Attack:
+    name: str = "attack"
+    needs_reference: bool = False
+
+    def __init__(self) -> None:
+        self.info: dict = {}
+
+    def score(self, signals: Signals, target: int, reference: np.ndarray) -> np.ndarray:
+        """One score per population record for model ``target``; higher = more likely a member."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
+                           if k != "info" and not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def check(self, signals: Signals, target: int, reference, min_reference: int = 0) -> np.ndarray:
+        """Validate ``target`` and ``reference``; returns the reference indices as an int array."""
+        k = signals.num_models
+        if not 0 <= int(target) < k:
+            raise ValueError(f"{self.name}: target {target} out of range for K={k} models")
+        ref = np.asarray(reference if reference is not None else [], dtype=np.int64).reshape(-1)
+        if ref.size and (ref.min() < 0 or ref.max() >= k):
+            raise ValueError(f"{self.name}: reference indices {ref.tolist()} out of range for K={k} models")
+        if int(target) in set(ref.tolist()):
+            raise ValueError(f"{self.name}: the reference models {ref.tolist()} contain the target {target}")
+        if np.unique(ref).size != ref.size:
+            raise ValueError(f"{self.name}: duplicate reference models {ref.tolist()}")
+        if ref.size < min_reference:
+            raise ValueError(f"{self.name}: needs at least {min_reference} reference model(s); "
+                             f"got {ref.size}")
+        return ref

@@ -1,0 +1,67 @@
+"""Shared data types: every dataset loader returns arrays, the pipeline turns them into splits.
+
+Records stay as in-memory tensors end to end (no per-record Python in the hot loop): a loader returns
+``ArrayData`` (inputs already scaled to floats with the dataset's fixed normalisation, labels as int64),
+and ``make_splits`` carves the membership population, the utility test split and an optional public
+split (for defenses that need data the attacker never scores) out of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+class DatasetUnavailableError(RuntimeError):
+    """Raised when a dataset is not on disk and cannot be downloaded (e.g. no network).
+
+    The message names the dataset, the directory that was searched, the files expected there, and how to
+    obtain them, so the user never has to read a stack trace.
+    """
+
+
+@dataclass
+class ArrayData:
+    """Inputs ``x`` (float32, ``[N, C, H, W]`` for images or ``[N, D]`` for tabular) and labels ``y`` (int64)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"x has {self.x.shape[0]} records but y has {self.y.shape[0]}")
+        if self.x.dtype != torch.float32:
+            self.x = self.x.float()
+        if self.y.dtype != torch.int64:
+            self.y = self.y.long()
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def subset(self, index: torch.Tensor) -> ArrayData:
+        return ArrayData(self.x[index], self.y[index])
+
+
+@dataclass
+class RawDataset:
+    """What a registered loader returns.
+
+    ``train``/``test`` are the dataset's own splits. Datasets without an official test split return
+    ``test=None`` and the pipeline carves one out of ``train`` with a seeded split.
+    """
+
+    name: str
+    train: ArrayData
+    test: ArrayData | None
+    num_classes: int
+    # Per-dataset hints the pipeline uses (e.g. training augmentation that makes sense for the modality).
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return self.train.x.dim() == 4

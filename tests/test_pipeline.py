@@ -1,0 +1,119 @@
+"""End-to-end: a tiny cell writes every output; the null test; config options and bad values."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from mia_bench.pipeline import run
+from mia_bench.signals import Signals
+from tests.conftest import CONF, TINY
+
+ROOT = Path(__file__).resolve().parent.parent
+METRICS = ("auc", "tpr_at_fpr_0.001", "tpr_at_fpr_0.01", "advantage", "balanced_accuracy", "attack_accuracy")
+
+
+def test_tiny_run_writes_every_output(compose_cfg, tmp_path):
+    cfg = compose_cfg(TINY)
+    records = run(cfg, {"dataset": "digits", "model": "mlp", "defense": "none", "attack": "all"})
+    for name in ("config.yaml", "masks.npy", "signals.npz", "metrics.json", "roc.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert sorted((tmp_path / "train_logs").iterdir())[0].name == "model_0"
+    assert (tmp_path / "train_logs" / "model_3" / "metrics.csv").exists()
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(records))
+    names = {r["attack"] for r in on_disk}
+    assert names == set(cfg.attack.keys()) and len(names) == 12
+    for rec in on_disk:
+        assert rec["dataset"] == "digits" and rec["defense"] == "none" and rec["num_models"] == 4
+        for m in METRICS:
+            assert 0.0 <= rec[f"{m}_mean"] <= 1.0, (rec["attack"], m)
+            assert rec[f"{m}_ci_low"] <= rec[f"{m}_mean"] + 1e-9 <= rec[f"{m}_ci_high"] + 2e-9, (rec["attack"], m)
+        assert 0.5 < rec["test_acc_mean"] <= 1.0 and rec["train_acc_mean"] >= rec["test_acc_mean"] - 0.05
+    sig = Signals.load(tmp_path / "signals.npz")
+    assert sig.logits.shape == (4, 1500, 1, 10)  # digits: no query augmentation by default
+    assert np.array_equal(sig.masks, np.load(tmp_path / "masks.npy"))
+
+
+def test_null_membership_gives_chance_auc(compose_cfg):
+    """DESIGN.md's validity check: scored records were never trained on and their IN/OUT labels are random, so
+    every attack's AUC interval must contain 0.5. (99% intervals: twelve correlated attacks are checked.)"""
+    cfg = compose_cfg(["num_models=8", "train.epochs=8", "evaluation.targets=8", "evaluation.null_test=true",
+                       "evaluation.n_bootstrap=200", "evaluation.confidence=0.99",
+                       "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "logger=none"])
+    records = run(cfg)
+    assert len(records) == 12
+    for rec in records:
+        assert rec["auc_ci_low"] <= 0.5 <= rec["auc_ci_high"], (rec["attack"], rec["auc_mean"])
+        assert abs(rec["auc_mean"] - 0.5) < 0.05, rec["attack"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["dataset", "model", "defense", "attack", "train", "trainer", "logger",
+                                   "experiment"])
+def test_every_option_composes(compose_cfg, group):
+    options = _options(group)
+    if group != "experiment":
+        assert options, group
+    for option in options:
+        cfg = compose_cfg([f"{group}={option}"])
+        assert cfg.num_models >= 2
+        if group == "model":
+            net = instantiate(cfg.model, input_shape=[1, 8, 8], num_classes=10)
+            assert net(__import__("torch").zeros(2, 1, 8, 8)).shape == (2, 10)
+        if group == "attack":
+            assert all(instantiate(node) for node in cfg.attack.values())
+
+
+def _cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", "mia_bench", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["dataset=nonexistent"], "nonexistent"),
+    (["num_models=3"], "num_models=3"),
+    (["membership.scheme=halves"], "halves"),
+    (["evaluation.targets=99"], "evaluation.targets=99"),
+    (["dataset.test_size=5000"], "test_size"),
+    (["train.batch_size=0"], "batch_size=0"),
+    (["model.nonsense=1"], "nonsense"),
+    (["attack=bogus"], "bogus"),
+])
+def test_bad_values_fail_with_a_message_naming_them(tmp_path, args, needle):
+    res = _cli(*args, *TINY[1:2], "logger=none", cwd=tmp_path, timeout=120)
+    assert res.returncode != 0
+    text = res.stdout + res.stderr
+    assert needle in text, text[-2000:]
+    assert "Traceback" not in text, text[-2000:]
+
+
+def test_cli_both_spellings_and_outputs(tmp_path):
+    for args in (["+defense=none", "+dataset=digits"], ["defense=none", "dataset=digits"]):
+        res = _cli(*args, *TINY, "attack=[loss,lira_online]", "logger=none", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "lira_online" in res.stdout
+    runs = sorted((tmp_path / "outputs").glob("*/*/metrics.json"))
+    assert len(runs) == 2
+
+
+
+@pytest.mark.parametrize("logger,pattern", [("tensorboard", "tensorboard/model_1/events.out.tfevents*"),
+                                            ("wandb", "wandb/offline-run-*/run-*.wandb")])
+def test_other_loggers_write_their_files(compose_cfg, tmp_path, monkeypatch, logger, pattern):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_cfg([*TINY, "num_models=2", "evaluation.targets=1", "attack=[loss,rmia]", f"logger={logger}"])
+    run(cfg, {"dataset": "digits", "attack": "loss_rmia"})
+    assert list(tmp_path.glob(pattern)), sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))[:50]
