@@ -18,7 +18,17 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 # ("Multiple values for ...") while it requires `+group=x` for groups outside the list; users know both
 # spellings from other Hydra tools, so `+group=x` is rewritten to `group=x` for these groups.
 USER_ERRORS = (ValueError, DatasetUnavailableError, InstantiationException, FileNotFoundError)
-DEFAULT_GROUPS = ("dataset", "model", "defense", "attack", "train", "trainer", "logger", "paths", "experiment")
+DEFAULT_GROUPS = (
+    "dataset",
+    "model",
+    "defense",
+    "attack",
+    "train",
+    "trainer",
+    "logger",
+    "paths",
+    "experiment",
+)
 
 
 def normalize_overrides(argv: list[str]) -> list[str]:
@@ -49,8 +59,11 @@ def _hydra_main(cfg: DictConfig) -> None:
     from mia_bench.pipeline import run
 
     _propagate_lightning_logs()
-    choices = {k: v for k, v in HydraConfig.get().runtime.choices.items()
-               if not k.startswith("hydra") and v is not None}
+    choices = {
+        k: v
+        for k, v in HydraConfig.get().runtime.choices.items()
+        if not k.startswith("hydra") and v is not None
+    }
     try:
         run(cfg, choices)
     except USER_ERRORS as err:
@@ -58,13 +71,17 @@ def _hydra_main(cfg: DictConfig) -> None:
         # bad value and what is accepted, without a stack trace (HYDRA_FULL_ERROR=1 shows it).
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        if isinstance(err, InstantiationException) and err.__cause__ is not None:
+            err = err.__cause__  # show the loader's / builder's own message, not Hydra's wrapper
         logging.getLogger("mia_bench").error("%s: %s", type(err).__name__, err)
         raise SystemExit(2) from None
 
 
 def main() -> None:
     if not CONFIG_DIR.is_dir():
-        sys.exit(f"mia_bench: config directory {CONFIG_DIR} not found; install from a checkout with `pip install -e .`")
+        sys.exit(
+            f"mia_bench: config directory {CONFIG_DIR} not found; install from a checkout with `pip install -e .`"
+        )
     sys.argv = [sys.argv[0], *normalize_overrides(sys.argv[1:])]
     _hydra_main()
 

@@ -58,8 +58,15 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
     # population and scores the other half, which no model saw, against random fake masks.
     train_pool, audit, train_masks, audit_masks = membership(splits.population, cfg)
     splits.population = train_pool
-    log.info("%s: %d population records (%d scored), %d test records, %d classes, K=%d models",
-             splits.name, len(train_pool), len(audit), len(splits.test), splits.num_classes, cfg.num_models)
+    log.info(
+        "%s: %d population records (%d scored), %d test records, %d classes, K=%d models",
+        splits.name,
+        len(train_pool),
+        len(audit),
+        len(splits.test),
+        splits.num_classes,
+        cfg.num_models,
+    )
 
     # 3. Train all K models with the same recipe.
     trained = train_models(cfg, splits, train_masks, out)
@@ -67,18 +74,29 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
 
     # 4. Signals: every model queried on every scored record under every query augmentation.
     aug = cfg.dataset.get("query_augment") or {}
-    queries = query_offsets(int(aug.get("shift", 0)), bool(aug.get("hflip", False))) if raw.is_image \
+    queries = (
+        query_offsets(int(aug.get("shift", 0)), bool(aug.get("hflip", False)))
+        if raw.is_image
         else query_offsets()
+    )
     dtype = np.dtype(cfg.signals.dtype)
-    logits = np.stack([collect_logits(m.module, audit.x, queries, cfg.signals.batch_size, dtype) for m in trained])
+    logits = np.stack(
+        [collect_logits(m.module, audit.x, queries, cfg.signals.batch_size, dtype) for m in trained]
+    )
     signals = Signals(logits=logits, labels=audit.y.numpy(), masks=audit_masks)
     signals.save(out / "signals.npz")
     np.save(out / "masks.npy", audit_masks)
     utility = utility_metrics(trained, splits, train_masks, cfg)
 
     # 5-6. Attacks over the saved signals, metrics over target models.
-    result = evaluate(signals, attacks, targets, n_bootstrap=cfg.evaluation.n_bootstrap,
-                      confidence=cfg.evaluation.confidence, seed=cfg.seed)
+    result = evaluate(
+        signals,
+        attacks,
+        targets,
+        n_bootstrap=cfg.evaluation.n_bootstrap,
+        confidence=cfg.evaluation.confidence,
+        seed=cfg.seed,
+    )
 
     # 7. Outputs.
     context = {
@@ -96,7 +114,11 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
     }
     records = [{**context, **rec} for rec in result.records]
     atomic_write_text(out / "metrics.json", json.dumps(records, indent=2, default=_json_default))
-    plot_roc(result.rocs, out / "roc.png", title=f"{context['dataset']} / {context['model']} / {context['defense']}")
+    plot_roc(
+        result.rocs,
+        out / "roc.png",
+        title=f"{context['dataset']} / {context['model']} / {context['defense']}",
+    )
     print_table(records)
     if cfg.get("logger") is not None and str(cfg.logger.get("_target_", "")).endswith("WandbLogger"):
         log_to_wandb(records, out / "roc.png", choices)
@@ -114,7 +136,12 @@ def membership(population: ArrayData, cfg: DictConfig) -> tuple[ArrayData, Array
     half = len(population) // 2
     train_pool = population.subset(perm[:half].sort().values)
     audit = population.subset(perm[half:].sort().values)
-    return train_pool, audit, make_masks(len(train_pool), k, scheme, seed), make_masks(len(audit), k, scheme, seed + 1)
+    return (
+        train_pool,
+        audit,
+        make_masks(len(train_pool), k, scheme, seed),
+        make_masks(len(audit), k, scheme, seed + 1),
+    )
 
 
 def utility_metrics(trained, splits, train_masks: np.ndarray, cfg: DictConfig) -> dict:
@@ -124,11 +151,14 @@ def utility_metrics(trained, splits, train_masks: np.ndarray, cfg: DictConfig) -
         test_logits = collect_logits(m.module, splits.test.x, query_offsets(), cfg.signals.batch_size)[:, 0]
         test.append(accuracy(test_logits, splits.test.y.numpy()))
         member = np.flatnonzero(train_masks[m.index])
-        tr_logits = collect_logits(m.module, splits.population.x[member], query_offsets(), cfg.signals.batch_size)
+        tr_logits = collect_logits(
+            m.module, splits.population.x[member], query_offsets(), cfg.signals.batch_size
+        )
         train.append(accuracy(tr_logits[:, 0], splits.population.y[member].numpy()))
     test_a, train_a = np.array(test), np.array(train)
     return {
-        "test_acc_mean": float(test_a.mean()), "test_acc_std": float(test_a.std(ddof=1)) if len(test_a) > 1 else 0.0,
+        "test_acc_mean": float(test_a.mean()),
+        "test_acc_std": float(test_a.std(ddof=1)) if len(test_a) > 1 else 0.0,
         "train_acc_mean": float(train_a.mean()),
         "train_acc_std": float(train_a.std(ddof=1)) if len(train_a) > 1 else 0.0,
         "gen_gap": float(train_a.mean() - test_a.mean()),
@@ -139,11 +169,15 @@ def resolve_targets(targets, num_models: int) -> list[int]:
     """``evaluation.targets``: an int n (the first n models), 'all', or an explicit list of model indices."""
     if isinstance(targets, str):
         if targets != "all":
-            raise ValueError(f"evaluation.targets={targets!r}: expected an int, 'all' or a list of model indices")
+            raise ValueError(
+                f"evaluation.targets={targets!r}: expected an int, 'all' or a list of model indices"
+            )
         return list(range(num_models))
     if isinstance(targets, int):
         if not 1 <= targets <= num_models:
-            raise ValueError(f"evaluation.targets={targets}: expected 1..{num_models} (num_models={num_models})")
+            raise ValueError(
+                f"evaluation.targets={targets}: expected 1..{num_models} (num_models={num_models})"
+            )
         return list(range(targets))
     out = [int(t) for t in targets]
     bad = [t for t in out if not 0 <= t < num_models]

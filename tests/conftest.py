@@ -12,8 +12,14 @@ from hydra.core.global_hydra import GlobalHydra
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
 # A tiny cell: a few models on digits for a few epochs, every output written, a few seconds on 2 cores.
-TINY = ["num_models=4", "train.epochs=3", "evaluation.targets=2", "evaluation.n_bootstrap=20",
-        "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
+TINY = [
+    "num_models=4",
+    "train.epochs=3",
+    "evaluation.targets=2",
+    "evaluation.n_bootstrap=20",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+]
 
 
 @pytest.fixture
@@ -23,8 +29,14 @@ def compose_cfg(tmp_path):
     def _compose(overrides=(), output_dir: Path | None = None):
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose("config", overrides=[*overrides, f"paths.output_dir={output_dir or tmp_path}",
-                                                f"data.root={tmp_path / 'data'}"])
+            return compose(
+                "config",
+                overrides=[
+                    *overrides,
+                    f"paths.output_dir={output_dir or tmp_path}",
+                    f"data.root={tmp_path / 'data'}",
+                ],
+            )
 
     yield _compose
     GlobalHydra.instance().clear()

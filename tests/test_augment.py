@@ -11,9 +11,15 @@ def test_random_crop_is_a_shift_of_each_record():
     assert out.shape == x.shape
     # every output record equals its input shifted by some (dy, dx) in [-2, 2]^2 with zero fill
     import torch.nn.functional as F
+
     xp = F.pad(x, (2, 2, 2, 2))
     for i in range(64):
-        hits = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(xp[i, :, dy:dy + 8, dx:dx + 8], out[i])]
+        hits = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(xp[i, :, dy : dy + 8, dx : dx + 8], out[i])
+        ]
         assert hits, i
     assert not torch.equal(out, x)  # some records moved
 
@@ -22,8 +28,8 @@ def test_random_flip_mirrors_about_half():
     torch.manual_seed(0)
     x = torch.randn(400, 1, 4, 4)
     out = random_crop_flip(x, padding=0, hflip=True)
-    flipped = torch.tensor([torch.equal(o, xi.flip(-1)) for o, xi in zip(out, x)])
-    same = torch.tensor([torch.equal(o, xi) for o, xi in zip(out, x)])
+    flipped = torch.tensor([torch.equal(o, xi.flip(-1)) for o, xi in zip(out, x, strict=True)])
+    same = torch.tensor([torch.equal(o, xi) for o, xi in zip(out, x, strict=True)])
     assert torch.all(flipped | same)
     assert 150 < int(flipped.sum()) < 250
 

@@ -41,7 +41,9 @@ def test_bernoulli_masks():
     assert not np.array_equal(m[0], ~m[1])
 
 
-@pytest.mark.parametrize("k,scheme,msg", [(1, "paired", "at least 2"), (5, "paired", "even"), (4, "halves", "halves")])
+@pytest.mark.parametrize(
+    "k,scheme,msg", [(1, "paired", "at least 2"), (5, "paired", "even"), (4, "halves", "halves")]
+)
 def test_mask_errors_name_the_value(k, scheme, msg):
     with pytest.raises(ValueError, match=msg):
         make_masks(10, k, scheme)
@@ -64,8 +66,14 @@ def test_official_test_split_kept():
     assert len(s.test) == 50 and len(s.population) == 200 and s.public is None
 
 
-@pytest.mark.parametrize("kw,msg", [({"test_size": 500}, "test_size"), ({"public_size": 1000}, "public_size"),
-                                    ({"population_size": 2.5}, "population_size")])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"test_size": 500}, "test_size"),
+        ({"public_size": 1000}, "public_size"),
+        ({"population_size": 2.5}, "population_size"),
+    ],
+)
 def test_split_errors_name_the_key(kw, msg):
     with pytest.raises(ValueError, match=msg):
         make_splits(_raw(), seed=0, **kw)

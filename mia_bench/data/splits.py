@@ -62,9 +62,13 @@ def make_splits(
     gen = torch.Generator().manual_seed(int(seed))
     train = raw.train
     if raw.test is None:
-        n_test = _resolve_size(test_size, len(train), "dataset.test_size", default=int(round(0.2 * len(train))))
+        n_test = _resolve_size(
+            test_size, len(train), "dataset.test_size", default=int(round(0.2 * len(train)))
+        )
         if n_test <= 0 or n_test >= len(train):
-            raise ValueError(f"dataset.test_size={test_size!r} leaves no test or no train records ({len(train)} total)")
+            raise ValueError(
+                f"dataset.test_size={test_size!r} leaves no test or no train records ({len(train)} total)"
+            )
         perm = torch.randperm(len(train), generator=gen)
         test = train.subset(perm[:n_test])
         train = train.subset(perm[n_test:].sort().values)
@@ -99,7 +103,9 @@ def make_masks(num_records: int, num_models: int, scheme: str = "paired", seed: 
         raise ValueError(f"num_models={num_models}: membership inference needs at least 2 models")
     if scheme == "paired":
         if num_models % 2:
-            raise ValueError(f"num_models={num_models}: the paired mask scheme needs an even number of models")
+            raise ValueError(
+                f"num_models={num_models}: the paired mask scheme needs an even number of models"
+            )
         masks = np.zeros((num_models, num_records), dtype=bool)
         for j in range(num_models // 2):
             rng = np.random.default_rng([int(seed), j])

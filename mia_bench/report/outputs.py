@@ -59,16 +59,24 @@ def print_table(records: list[dict], console: Console | None = None) -> None:
     if not records:
         return
     r0 = records[0]
-    title = (f"{r0.get('dataset')} / {r0.get('model')} / defense={r0.get('defense')}  "
-             f"(K={r0.get('num_models')}, {r0.get('n_targets')} targets, {r0.get('n_records')} records; "
-             f"test acc {100 * r0.get('test_acc_mean', float('nan')):.1f}%, "
-             f"train acc {100 * r0.get('train_acc_mean', float('nan')):.1f}%)")
+    title = (
+        f"{r0.get('dataset')} / {r0.get('model')} / defense={r0.get('defense')}  "
+        f"(K={r0.get('num_models')}, {r0.get('n_targets')} targets, {r0.get('n_records')} records; "
+        f"test acc {100 * r0.get('test_acc_mean', float('nan')):.1f}%, "
+        f"train acc {100 * r0.get('train_acc_mean', float('nan')):.1f}%)"
+    )
     table = Table(title=title, title_style="bold")
     for col in ("attack", "AUC", "TPR@0.1%FPR (%)", "TPR@1%FPR (%)", "advantage", "attack acc (%)"):
         table.add_column(col, justify="left" if col == "attack" else "right", no_wrap=True)
     for rec in sorted(records, key=lambda r: -r.get("tpr_at_fpr_0.01_mean", 0.0)):
-        table.add_row(rec["attack"], _fmt(rec, "auc"), _fmt(rec, "tpr_at_fpr_0.001", True),
-                      _fmt(rec, "tpr_at_fpr_0.01", True), _fmt(rec, "advantage"), _fmt(rec, "attack_accuracy", True))
+        table.add_row(
+            rec["attack"],
+            _fmt(rec, "auc"),
+            _fmt(rec, "tpr_at_fpr_0.001", True),
+            _fmt(rec, "tpr_at_fpr_0.01", True),
+            _fmt(rec, "advantage"),
+            _fmt(rec, "attack_accuracy", True),
+        )
     console.print(table)
 
 

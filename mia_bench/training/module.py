@@ -79,11 +79,16 @@ class ClassifierModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         epochs = self.trainer.max_epochs if self.trainer is not None and self.trainer.max_epochs else 1
-        scheduler = self.scheduler_factory(optimizer, T_max=epochs) if _takes_t_max(self.scheduler_factory) \
+        scheduler = (
+            self.scheduler_factory(optimizer, T_max=epochs)
+            if _takes_t_max(self.scheduler_factory)
             else self.scheduler_factory(optimizer)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
 def _takes_t_max(factory: Callable) -> bool:
     func = getattr(factory, "func", factory)
-    return func is torch.optim.lr_scheduler.CosineAnnealingLR and "T_max" not in getattr(factory, "keywords", {})
+    return func is torch.optim.lr_scheduler.CosineAnnealingLR and "T_max" not in getattr(
+        factory, "keywords", {}
+    )

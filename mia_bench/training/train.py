@@ -82,11 +82,14 @@ def train_models(
         member = torch.from_numpy(np.flatnonzero(masks[k]))
         x = splits.population.x[member].to(device)
         y = splits.population.y[member].to(device)
-        loader = TensorBatchLoader(x, y, cfg.train.batch_size, shuffle=True, drop_last=cfg.train.drop_last, seed=seed)
+        loader = TensorBatchLoader(
+            x, y, cfg.train.batch_size, shuffle=True, drop_last=cfg.train.drop_last, seed=seed
+        )
         val = None
         if cfg.train.validate:
-            val = TensorBatchLoader(splits.test.x.to(device), splits.test.y.to(device), cfg.train.eval_batch_size,
-                                    shuffle=False)
+            val = TensorBatchLoader(
+                splits.test.x.to(device), splits.test.y.to(device), cfg.train.eval_batch_size, shuffle=False
+            )
         log.info("training model %d/%d on %d records (seed %d)", n + 1, len(indices), len(member), seed)
         t0 = time.perf_counter()
         trainer.fit(module, train_dataloaders=loader, val_dataloaders=val)
@@ -99,5 +102,8 @@ def train_models(
 def describe_recipe(cfg: DictConfig) -> dict:
     """The parts of the config that determine a trained model (for logs and, later, cache keys)."""
     keys = ("dataset", "model", "train", "trainer", "defense", "seed", "membership")
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg.get(k), DictConfig) else cfg.get(k)
-            for k in keys if k in cfg}
+    return {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg.get(k), DictConfig) else cfg.get(k)
+        for k in keys
+        if k in cfg
+    }
