@@ -20,8 +20,9 @@ def plot_roc(rocs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, t
     """Log-log ROC of every attack (mean TPR over targets on a log FPR grid), as LiRA plots it: the region
     that matters for privacy is the low-FPR corner, invisible on linear axes."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    for name, (fpr, tpr) in sorted(rocs.items()):
-        ax.plot(fpr, tpr, label=name, lw=1.4)
+    colors = plt.cm.tab20(np.linspace(0, 1, 20))
+    for i, (name, (fpr, tpr)) in enumerate(sorted(rocs.items())):
+        ax.plot(fpr, tpr, label=name, lw=1.4, color=colors[(2 * i) % 20 + (i // 10) % 2])
     grid = np.logspace(-5, 0, 100)
     ax.plot(grid, grid, ls="--", color="gray", lw=1, label="chance")
     ax.set_xscale("log")
