@@ -92,6 +92,7 @@ def main() -> None:
                     "trainer.accelerator=cpu",
                 ],
             )
+            torch.set_num_threads(int(cfg.cpu_threads or torch.get_num_threads()))
             raw = instantiate(cfg.dataset.loader)
             splits = make_splits(
                 raw,
