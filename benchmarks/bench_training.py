@@ -20,7 +20,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from mia_bench.augment import random_crop_flip
-from mia_bench.data.splits import make_masks, make_splits
+from mia_bench.data.splits import make_masks
+from mia_bench.pipeline import load_data
 from mia_bench.training.loader import TensorBatchLoader
 from mia_bench.training.train import build_module, model_seed, train_models
 
@@ -93,14 +94,7 @@ def main() -> None:
                 ],
             )
             torch.set_num_threads(int(cfg.cpu_threads or torch.get_num_threads()))
-            raw = instantiate(cfg.dataset.loader)
-            splits = make_splits(
-                raw,
-                population_size=cfg.dataset.population_size,
-                test_size=cfg.dataset.test_size,
-                public_size=cfg.dataset.public_size,
-                seed=cfg.seed,
-            )
+            _, splits = load_data(cfg)
             masks = make_masks(len(splits.population), cfg.num_models, "paired", cfg.seed)
             idx = list(range(cfg.num_models))
             best_l, best_p = float("inf"), float("inf")

@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from mia_bench import __version__
 from mia_bench.attacks.evaluate import evaluate
 from mia_bench.augment import query_offsets
-from mia_bench.data.base import ArrayData
-from mia_bench.data.splits import make_masks, make_splits
+from mia_bench.data.base import ArrayData, RawDataset
+from mia_bench.data.splits import Splits, make_masks, make_splits
 from mia_bench.io import atomic_write_text
 from mia_bench.report.outputs import log_to_wandb, plot_roc, print_table
 from mia_bench.signals import Signals
@@ -46,14 +46,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
     targets = resolve_targets(cfg.evaluation.targets, cfg.num_models)
 
     # 1. Data: population (membership is defined over it), test (utility), public (defenses' own data).
-    raw = instantiate(cfg.dataset.loader)
-    splits = make_splits(
-        raw,
-        population_size=cfg.dataset.population_size,
-        test_size=cfg.dataset.test_size,
-        public_size=cfg.dataset.public_size,
-        seed=cfg.seed,
-    )
+    raw, splits = load_data(cfg)
     # 2. Masks: which records each of the K models trains on. The null test trains on one half of the
     # population and scores the other half, which no model saw, against random fake masks.
     train_pool, audit, train_masks, audit_masks = membership(splits.population, cfg)
@@ -124,6 +117,19 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
         log_to_wandb(records, out / "roc.png", choices)
     log.info("wrote %s (%.1fs total)", out, time.perf_counter() - t_start)
     return records
+
+
+def load_data(cfg: DictConfig) -> tuple[RawDataset, Splits]:
+    """The dataset as loaded, and its population / test / public splits as the config asks."""
+    raw = instantiate(cfg.dataset.loader)
+    splits = make_splits(
+        raw,
+        population_size=cfg.dataset.population_size,
+        test_size=cfg.dataset.test_size,
+        public_size=cfg.dataset.public_size,
+        seed=cfg.seed,
+    )
+    return raw, splits
 
 
 def membership(population: ArrayData, cfg: DictConfig) -> tuple[ArrayData, ArrayData, np.ndarray, np.ndarray]:

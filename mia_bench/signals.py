@@ -21,13 +21,13 @@ their own maximum.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from mia_bench.io import atomic_writer
 
 __all__ = ["Signals", "SignalsFileError", "derive", "make_synthetic_signals"]
 
@@ -112,19 +112,8 @@ class Signals:
     # ---------------------------------------------------------------- io
     def save(self, path: str | Path) -> None:
         """Write an uncompressed ``.npz`` atomically (temporary file in the same directory, os.replace)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, logits=self.logits, labels=self.labels, masks=self.masks)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_writer(path) as f:
+            np.savez(f, logits=self.logits, labels=self.labels, masks=self.masks)
 
     @classmethod
     def load(cls, path: str | Path) -> Signals:
