@@ -162,7 +162,12 @@ def utility_metrics(trained, splits, train_masks: np.ndarray, cfg: DictConfig) -
         )
         train.append(accuracy(tr_logits[:, 0], splits.population.y[member].numpy()))
     test_a, train_a = np.array(test), np.array(train)
+    info: dict[str, list[float]] = {}
+    for m in trained:
+        for key, value in m.module.defense_info.items():
+            info.setdefault(key, []).append(float(value))
     return {
+        **{f"defense/{key}": float(np.mean(values)) for key, values in info.items()},
         "test_acc_mean": float(test_a.mean()),
         "test_acc_std": float(test_a.std(ddof=1)) if len(test_a) > 1 else 0.0,
         "train_acc_mean": float(train_a.mean()),

@@ -1,8 +1,9 @@
 """The plain classifier LightningModule every defense builds on.
 
-A defense that changes the loss or the step subclasses it; one that acts at inference overrides
-``predict_logits``, which is the only path the signal collection uses, so inference-time defenses are part of
-what the attacker queries.
+A defense that changes the loss or the step subclasses it (DESIGN.md: mixup, advreg, MID, SAM, DP-SGD); one that
+acts between steps is a callback that reads and writes the module; one that acts at inference is a *predictor*
+(``defense.predict`` in the config) that wraps :meth:`ClassifierModule.clean_logits`. ``predict_logits`` is the
+only path signal collection and utility use, so inference-time defenses are part of what the attacker queries.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mia_bench.augment import random_crop_flip
+from mia_bench.data.base import ArrayData
+
+#: ``predictor(clean_logits, x) -> logits``: an inference-time defense wrapping the trained model.
+Predictor = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor]
 
 
 class ClassifierModule(pl.LightningModule):
@@ -42,6 +47,18 @@ class ClassifierModule(pl.LightningModule):
         self.label_smoothing = float(label_smoothing)
         self.crop_padding = int(crop_padding)
         self.hflip = bool(hflip)
+        # Set by train_models before fit (attach_data) and after it (predictor); plain attributes, not state.
+        self.train_data: ArrayData | None = None
+        self.public_data: ArrayData | None = None
+        self.predictor: Predictor | None = None
+        # Figures a defense reports per model (epsilon, sparsity, ...); averaged into metrics.json as defense/<key>.
+        self.defense_info: dict[str, float] = {}
+
+    def attach_data(self, train: ArrayData, public: ArrayData | None) -> None:
+        """The model's own training records and the public split (disjoint from population and test), for
+        defenses that need them: advreg's reference set, AdaMixup's closed-loop leak probe, DP-SGD's N."""
+        self.train_data = train
+        self.public_data = public
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -66,8 +83,15 @@ class ClassifierModule(pl.LightningModule):
 
     @torch.no_grad()
     def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """What the attacker observes for a batch of queries: logits (or log-probabilities) of the
-        deployed predictor. Defenses acting at inference override this."""
+        """What the attacker observes for a batch of queries: logits (or log-probabilities) of the deployed
+        predictor, i.e. the model behind its inference-time defense when there is one."""
+        if self.predictor is not None:
+            return self.predictor(self.clean_logits, x)
+        return self.clean_logits(x)
+
+    @torch.no_grad()
+    def clean_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The trained model's own logits in eval mode (subclasses with a stochastic head override this)."""
         was_training = self.model.training
         self.model.eval()
         out = self.model(x)

@@ -85,18 +85,45 @@ def train_models(
         loader = TensorBatchLoader(
             x, y, cfg.train.batch_size, shuffle=True, drop_last=cfg.train.drop_last, seed=seed
         )
-        val = None
-        if cfg.train.validate:
-            val = TensorBatchLoader(
-                splits.test.x.to(device), splits.test.y.to(device), cfg.train.eval_batch_size, shuffle=False
-            )
+        module.attach_data(splits.population.subset(member), splits.public)
+        val = validation_loader(cfg, splits, device)
         log.info("training model %d/%d on %d records (seed %d)", n + 1, len(indices), len(member), seed)
         t0 = time.perf_counter()
         trainer.fit(module, train_dataloaders=loader, val_dataloaders=val)
         module.to(device)
+        module.predictor = build_predictor(cfg, splits, seed)
         trained.append(TrainedModel(k, module, time.perf_counter() - t0))
     lightning_log.setLevel(logging.NOTSET)
     return trained
+
+
+def validation_loader(cfg: DictConfig, splits: Splits, device: torch.device) -> TensorBatchLoader | None:
+    """Per-epoch validation data (for logging and early stopping), or None when ``train.validate`` is off.
+
+    ``train.val_split: public`` (default) validates on the public split, so that choices made during training
+    (early stopping) never see the test split that utility is reported on.
+    """
+    if not cfg.train.validate:
+        return None
+    which = cfg.train.get("val_split", "public")
+    if which not in ("public", "test"):
+        raise ValueError(f"train.val_split={which!r}: expected 'public' or 'test'")
+    data = splits.public if which == "public" else splits.test
+    if data is None or len(data) == 0:
+        raise ValueError(
+            "train.val_split=public but the public split is empty: set dataset.public_size to a positive "
+            "count or fraction (e.g. dataset.public_size=200)"
+        )
+    return TensorBatchLoader(data.x.to(device), data.y.to(device), cfg.train.eval_batch_size, shuffle=False)
+
+
+def build_predictor(cfg: DictConfig, splits: Splits, seed: int):
+    """The inference-time defense (``defense.predict``, a partial called with the public pool and a seed), or
+    None. Its pool is the public split: never scored by the attacker, disjoint from the test split."""
+    factory = (cfg.get("defense") or {}).get("predict")
+    if factory is None:
+        return None
+    return instantiate(factory)(pool=splits.public, seed=seed)
 
 
 def describe_recipe(cfg: DictConfig) -> dict:
