@@ -43,7 +43,7 @@ def test_tiny_run_writes_every_output(compose_cfg, tmp_path):
                 )
         assert 0.5 < rec["test_acc_mean"] <= 1.0 and rec["train_acc_mean"] >= rec["test_acc_mean"] - 0.05
     sig = Signals.load(tmp_path / "signals.npz")
-    assert sig.logits.shape == (4, 1300, 5, 10)  # digits (1300 after test and public): the clean query and 4 one-pixel shifts
+    assert sig.logits.shape == (4, 1300, 5, 10)  # 1300 digits; the clean query and 4 shifts
     assert np.array_equal(sig.masks, np.load(tmp_path / "masks.npy"))
 
 

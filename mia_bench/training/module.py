@@ -8,7 +8,7 @@ only path signal collection and utility use, so inference-time defenses are part
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import lightning.pytorch as pl
 import torch
@@ -17,6 +17,7 @@ from torch import nn
 
 from mia_bench.augment import random_crop_flip
 from mia_bench.data.base import ArrayData
+from mia_bench.training.loader import TensorBatchLoader
 
 #: ``predictor(clean_logits, x) -> logits``: an inference-time defense wrapping the trained model.
 Predictor = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor]
@@ -59,6 +60,12 @@ class ClassifierModule(pl.LightningModule):
         defenses that need them: advreg's reference set, AdaMixup's closed-loop leak probe, DP-SGD's N."""
         self.train_data = train
         self.public_data = public
+
+    def make_train_loader(
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, drop_last: bool, seed: int
+    ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches this module trains on (DP-SGD overrides it with Poisson sampling)."""
+        return TensorBatchLoader(x, y, batch_size, shuffle=True, drop_last=drop_last, seed=seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -82,9 +82,7 @@ def train_models(
         member = torch.from_numpy(np.flatnonzero(masks[k]))
         x = splits.population.x[member].to(device)
         y = splits.population.y[member].to(device)
-        loader = TensorBatchLoader(
-            x, y, cfg.train.batch_size, shuffle=True, drop_last=cfg.train.drop_last, seed=seed
-        )
+        loader = module.make_train_loader(x, y, int(cfg.train.batch_size), bool(cfg.train.drop_last), seed)
         module.attach_data(splits.population.subset(member), splits.public)
         val = validation_loader(cfg, splits, device)
         log.info("training model %d/%d on %d records (seed %d)", n + 1, len(indices), len(member), seed)
