@@ -66,6 +66,9 @@ def print_table(records: list[dict], console: Console | None = None) -> None:
         f"test acc {100 * r0.get('test_acc_mean', float('nan')):.1f}%, "
         f"train acc {100 * r0.get('train_acc_mean', float('nan')):.1f}%)"
     )
+    reported = {k.split("/", 1)[1]: v for k, v in r0.items() if k.startswith("defense/")}
+    if reported:  # what the defense reports about itself: epsilon, sparsity, final mixing ratio, ...
+        title += "\n" + ", ".join(f"{k} {v:.4g}" for k, v in reported.items())
     table = Table(title=title, title_style="bold")
     for col in ("attack", "AUC", "TPR@0.1%FPR (%)", "TPR@1%FPR (%)", "advantage", "attack acc (%)"):
         table.add_column(col, justify="left" if col == "attack" else "right", no_wrap=True)
