@@ -57,7 +57,7 @@ def test_weight_decay_defense_reaches_the_optimizer(compose_cfg):
     for p in module.parameters():
         p.grad = torch.zeros_like(p)
     opt.step()
-    for p, w0 in zip(module.parameters(), w):
+    for p, w0 in zip(module.parameters(), w, strict=True):
         step = p.detach() - w0
         assert ((step * w0)[w0 != 0] < 0).all()
 
