@@ -71,6 +71,7 @@ def train_models(
     indices = range(masks.shape[0]) if indices is None else indices
     trained = []
     lightning_log = logging.getLogger("lightning.pytorch")
+    build_predictor(cfg, splits, model_seed(cfg.seed, 0))  # fail fast on a bad defense.predict (e.g. empty pool)
     for n, k in enumerate(indices):
         if n == 1:  # Lightning's banner ("GPU available ...") once, not K times
             lightning_log.setLevel(logging.WARNING)
