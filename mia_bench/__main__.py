@@ -23,6 +23,7 @@ DEFAULT_GROUPS = (
     "model",
     "defense",
     "attack",
+    "analysis",
     "train",
     "trainer",
     "logger",

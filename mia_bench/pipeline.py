@@ -16,12 +16,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mia_bench import __version__
+from mia_bench.analysis import run_analyses, training_callbacks
 from mia_bench.attacks.evaluate import evaluate
 from mia_bench.augment import query_offsets
 from mia_bench.data.base import ArrayData, RawDataset
 from mia_bench.data.splits import Splits, make_masks, make_splits
 from mia_bench.io import atomic_write_text
-from mia_bench.report.outputs import log_to_wandb, plot_roc, print_table
+from mia_bench.report.outputs import log_to_wandb, plot_roc, print_table, save_roc_curves
 from mia_bench.signals import Signals
 from mia_bench.training.predict import accuracy, collect_logits
 from mia_bench.training.train import train_models
@@ -61,17 +62,19 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
         cfg.num_models,
     )
 
-    # 3. Train all K models with the same recipe.
-    trained = train_models(cfg, splits, train_masks, out)
-    t_trained = time.perf_counter()
-
-    # 4. Signals: every model queried on every scored record under every query augmentation.
+    # 3. Train all K models with the same recipe (analyses may record signals while they train).
     aug = cfg.dataset.get("query_augment") or {}
     queries = (
         query_offsets(int(aug.get("shift", 0)), bool(aug.get("hflip", False)))
         if raw.is_image
         else query_offsets()
     )
+    trained = train_models(
+        cfg, splits, train_masks, out, extra_callbacks=training_callbacks(cfg, audit, queries)
+    )
+    t_trained = time.perf_counter()
+
+    # 4. Signals: every model queried on every scored record under every query augmentation.
     dtype = np.dtype(cfg.signals.dtype)
     logits = np.stack(
         [collect_logits(m.module, audit.x, queries, cfg.signals.batch_size, dtype) for m in trained]
@@ -91,7 +94,10 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
         seed=cfg.seed,
     )
 
-    # 7. Outputs.
+    # 7. Analyses across training (+analysis=dynamics): their own files, summary figures into metrics.json.
+    analysis = run_analyses(cfg, trained, signals, audit_masks, out)
+
+    # 8. Outputs.
     context = {
         "dataset": choices.get("dataset", splits.name),
         "model": choices.get("model", str(cfg.model.get("name", ""))),
@@ -104,9 +110,11 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
         **{f"choice/{k}": v for k, v in choices.items()},
         **utility,
         "train_seconds": round(t_trained - t_start, 2),
+        **analysis,
     }
     records = [{**context, **rec} for rec in result.records]
     atomic_write_text(out / "metrics.json", json.dumps(records, indent=2, default=_json_default))
+    save_roc_curves(result.rocs, out / "roc_curves.npz")
     plot_roc(
         result.rocs,
         out / "roc.png",

@@ -41,6 +41,18 @@ def plot_roc(rocs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, t
     atomic_write_bytes(path, buf.getvalue())
 
 
+def save_roc_curves(rocs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path) -> None:
+    """The curves behind roc.png (``<attack>/fpr``, ``<attack>/tpr``: FPR grid, mean TPR over targets), so the
+    report can overlay runs without recomputing attacks."""
+    arrays = {}
+    for name, (fpr, tpr) in rocs.items():
+        arrays[f"{name}/fpr"] = np.asarray(fpr, dtype=np.float64)
+        arrays[f"{name}/tpr"] = np.asarray(tpr, dtype=np.float64)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def _fmt(rec: dict, key: str, pct: bool = False) -> str:
     mean, std = rec.get(f"{key}_mean"), rec.get(f"{key}_std")
     if mean is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,6 +55,9 @@ class ClassifierModule(pl.LightningModule):
         self.predictor: Predictor | None = None
         # Figures a defense reports per model (epsilon, sparsity, ...); averaged into metrics.json as defense/<key>.
         self.defense_info: dict[str, float] = {}
+        # Arrays recorded during training that outlive it (e.g. per-epoch signals for +analysis=dynamics);
+        # stored with the model in the cache, so a cached model brings them back.
+        self.artifacts: dict[str, np.ndarray] = {}
         self._epoch_sums: dict[str, tuple[torch.Tensor, int]] = {}
 
     def attach_data(self, train: ArrayData, public: ArrayData | None) -> None:

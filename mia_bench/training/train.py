@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +55,9 @@ def build_logger(cfg: DictConfig, k: int, output_dir: Path):
     return instantiate(cfg.logger, version=f"model_{k}")
 
 
-def build_trainer(cfg: DictConfig, k: int, output_dir: Path) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, k: int, output_dir: Path, extra: Sequence[pl.Callback] = ()) -> pl.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    callbacks += list(extra)
     return instantiate(cfg.trainer, logger=build_logger(cfg, k, output_dir), callbacks=callbacks)
 
 
@@ -66,8 +67,13 @@ def train_models(
     masks: np.ndarray,
     output_dir: Path,
     indices: Sequence[int] | None = None,
+    extra_callbacks: Callable[[int], list[pl.Callback]] | None = None,
 ) -> list[TrainedModel]:
-    """Train model k on ``splits.population[masks[k]]`` for every k in ``indices`` (default: all)."""
+    """Train model k on ``splits.population[masks[k]]`` for every k in ``indices`` (default: all).
+
+    ``extra_callbacks(k)`` gives callbacks built by the pipeline for model k (e.g. the per-epoch signal
+    recorder of ``+analysis=dynamics``), added after the config's ``callbacks``.
+    """
     indices = range(masks.shape[0]) if indices is None else indices
     trained = []
     lightning_log = logging.getLogger("lightning.pytorch")
@@ -78,7 +84,7 @@ def train_models(
         seed = model_seed(cfg.seed, k)
         pl.seed_everything(seed, workers=False, verbose=False)
         module = build_module(cfg, splits)
-        trainer = build_trainer(cfg, k, output_dir)
+        trainer = build_trainer(cfg, k, output_dir, extra_callbacks(k) if extra_callbacks else ())
         device = trainer.strategy.root_device
         member = torch.from_numpy(np.flatnonzero(masks[k]))
         x = splits.population.x[member].to(device)
