@@ -24,8 +24,9 @@ from mia_bench.data.splits import Splits, make_masks, make_splits
 from mia_bench.io import atomic_write_text
 from mia_bench.report.outputs import log_to_wandb, plot_roc, print_table, save_roc_curves
 from mia_bench.signals import Signals
+from mia_bench.training.cache import RunCache, open_cache
 from mia_bench.training.predict import accuracy, collect_logits
-from mia_bench.training.train import train_models
+from mia_bench.training.train import TrainedModel, shard_indices, train_models
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
     if not attacks:
         raise ValueError("no attack selected: choose e.g. attack=all, attack=lira or attack=[loss,rmia]")
     targets = resolve_targets(cfg.evaluation.targets, cfg.num_models)
+    shard = shard_indices(cfg)  # shard.count > 1: this job only trains its share of the K models into the cache
 
     # 1. Data: population (membership is defined over it), test (utility), public (defenses' own data).
     raw, splits = load_data(cfg)
@@ -62,7 +64,9 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
         cfg.num_models,
     )
 
-    # 3. Train all K models with the same recipe (analyses may record signals while they train).
+    # 3. Train all K models with the same recipe (analyses may record signals while they train). Models are
+    # cached under a hash of everything that determines them: stored ones are loaded, not retrained.
+    cache = open_cache(cfg, population=train_pool, audit=audit, test=splits.test, public=splits.public)
     aug = cfg.dataset.get("query_augment") or {}
     queries = (
         query_offsets(int(aug.get("shift", 0)), bool(aug.get("hflip", False)))
@@ -70,19 +74,24 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
         else query_offsets()
     )
     trained = train_models(
-        cfg, splits, train_masks, out, extra_callbacks=training_callbacks(cfg, audit, queries)
+        cfg,
+        splits,
+        train_masks,
+        out,
+        indices=shard,
+        extra_callbacks=training_callbacks(cfg, audit, queries),
+        cache=cache,
     )
     t_trained = time.perf_counter()
+    if shard is not None:  # a shard job stops here; the attack stage (shard.count=1) loads every model
+        return finish_shard(cfg, trained, out, t_start)
 
-    # 4. Signals: every model queried on every scored record under every query augmentation.
-    dtype = np.dtype(cfg.signals.dtype)
-    logits = np.stack(
-        [collect_logits(m.module, audit.x, queries, cfg.signals.batch_size, dtype) for m in trained]
-    )
-    signals = Signals(logits=logits, labels=audit.y.numpy(), masks=audit_masks)
+    # 4. Signals: every model queried on every scored record under every query augmentation; cached with the
+    # models' accuracies, so a run that changes only the attack neither trains nor queries.
+    signals, test_acc, train_acc = query_models(cfg, trained, splits, audit, audit_masks, train_masks, queries, cache)
     signals.save(out / "signals.npz")
     np.save(out / "masks.npy", audit_masks)
-    utility = utility_metrics(trained, splits, train_masks, cfg)
+    utility = utility_metrics(trained, test_acc, train_acc)
 
     # 5-6. Attacks over the saved signals, metrics over target models.
     result = evaluate(
@@ -110,6 +119,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
         **{f"choice/{k}": v for k, v in choices.items()},
         **utility,
         "train_seconds": round(t_trained - t_start, 2),
+        "models_from_cache": sum(m.from_cache for m in trained),
         **analysis,
     }
     records = [{**context, **rec} for rec in result.records]
@@ -158,8 +168,36 @@ def membership(population: ArrayData, cfg: DictConfig) -> tuple[ArrayData, Array
     )
 
 
-def utility_metrics(trained, splits, train_masks: np.ndarray, cfg: DictConfig) -> dict:
-    """Test and train accuracy of every model through its predict path, averaged; and the generalization gap."""
+def query_models(
+    cfg: DictConfig,
+    trained: list[TrainedModel],
+    splits: Splits,
+    audit: ArrayData,
+    audit_masks: np.ndarray,
+    train_masks: np.ndarray,
+    queries: list,
+    cache: RunCache | None,
+) -> tuple[Signals, np.ndarray, np.ndarray]:
+    """The signals (every model on every scored record under every query) and each model's test and train
+    accuracy through its predict path; from the cache when these models' signals are stored."""
+    dtype = np.dtype(cfg.signals.dtype)
+    key = cache.signals_key([m.key for m in trained], audit, audit_masks, queries, dtype) if cache else None
+    hit = cache.load_signals(key) if cache else None
+    if hit is not None:
+        log.info("signals and utility of the %d models loaded from the cache", len(trained))
+        signals = Signals(logits=hit["logits"], labels=hit["labels"], masks=hit["masks"])
+        return signals, hit["test_acc"], hit["train_acc"]
+    logits = np.stack([collect_logits(m.module, audit.x, queries, cfg.signals.batch_size, dtype) for m in trained])
+    signals = Signals(logits=logits, labels=audit.y.numpy(), masks=audit_masks)
+    test_acc, train_acc = model_accuracies(trained, splits, train_masks, cfg)
+    if cache is not None:
+        arrays = {"logits": logits, "labels": signals.labels, "masks": audit_masks, "test_acc": test_acc}
+        cache.save_signals(key, {**arrays, "train_acc": train_acc})
+    return signals, test_acc, train_acc
+
+
+def model_accuracies(trained, splits, train_masks: np.ndarray, cfg: DictConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Test and train accuracy of every model through its predict path."""
     test, train = [], []
     for m in trained:
         test_logits = collect_logits(m.module, splits.test.x, query_offsets(), cfg.signals.batch_size)[:, 0]
@@ -169,7 +207,11 @@ def utility_metrics(trained, splits, train_masks: np.ndarray, cfg: DictConfig) -
             m.module, splits.population.x[member], query_offsets(), cfg.signals.batch_size
         )
         train.append(accuracy(tr_logits[:, 0], splits.population.y[member].numpy()))
-    test_a, train_a = np.array(test), np.array(train)
+    return np.array(test, dtype=np.float64), np.array(train, dtype=np.float64)
+
+
+def utility_metrics(trained, test_a: np.ndarray, train_a: np.ndarray) -> dict:
+    """Mean test and train accuracy over the models, the generalization gap, and the defense's figures."""
     info: dict[str, list[float]] = {}
     for m in trained:
         for key, value in m.module.defense_info.items():
@@ -182,6 +224,29 @@ def utility_metrics(trained, splits, train_masks: np.ndarray, cfg: DictConfig) -
         "train_acc_std": float(train_a.std(ddof=1)) if len(train_a) > 1 else 0.0,
         "gen_gap": float(train_a.mean() - test_a.mean()),
     }
+
+
+def finish_shard(cfg: DictConfig, trained: list[TrainedModel], out: Path, t_start: float) -> list[dict]:
+    """End of a shard job: its models are in the cache; write a marker naming them and return no records."""
+    marker = {
+        "shard": f"{cfg.shard.index}/{cfg.shard.count}",
+        "models": [m.index for m in trained],
+        "trained": [m.index for m in trained if not m.from_cache],
+        "from_cache": [m.index for m in trained if m.from_cache],
+        "keys": {str(m.index): m.key for m in trained},
+        "cache_dir": str(cfg.cache.dir),
+        "seconds": round(time.perf_counter() - t_start, 2),
+        "version": __version__,
+    }
+    atomic_write_text(out / "shard.json", json.dumps(marker, indent=2))
+    log.info(
+        "shard %s: models %s are in the cache %s; run again without shard.* to attack (%.1fs)",
+        marker["shard"],
+        marker["models"],
+        marker["cache_dir"],
+        marker["seconds"],
+    )
+    return []
 
 
 def resolve_targets(targets, num_models: int) -> list[int]:

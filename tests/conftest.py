@@ -33,6 +33,13 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache(tmp_path, monkeypatch):
+    """Every test gets its own empty model/signals cache (``cache.dir`` defaults to $MIA_BENCH_CACHE, which CLI
+    subprocesses inherit): no test writes into the repository or reuses another test's models."""
+    monkeypatch.setenv("MIA_BENCH_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture
 def compose_cfg(tmp_path):
     """compose_cfg(overrides) -> the config the CLI would build, with outputs under tmp_path."""

@@ -1,0 +1,445 @@
+"""The model/signals cache: keys, atomic entries, corruption, resume, reuse across attacks and K, shards, CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import mia_bench.pipeline as pipeline
+import mia_bench.training.cache as cache_mod
+from mia_bench.augment import query_offsets
+from mia_bench.cache import Cache, main
+from mia_bench.data.base import ArrayData
+from mia_bench.data.splits import make_masks
+from mia_bench.signals import Signals
+from mia_bench.training.cache import RunCache, data_fingerprint, open_cache
+from mia_bench.training.predict import collect_logits
+from mia_bench.training.train import describe_recipe, model_seed, train_models
+from tests.conftest import CONF, TINY
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFENSES = sorted(p.stem for p in (CONF / "defense").glob("*.yaml"))
+FAST = [*TINY, "attack=[loss]", "logger=none"]
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """Counts ``Trainer.fit`` calls (the models actually trained); ``fits.fail_at = n`` raises on the n-th."""
+
+    class Counter:
+        n = 0
+        fail_at: int | None = None
+
+    counter = Counter()
+    original = pl.Trainer.fit
+
+    def fit(self, *args, **kwargs):
+        counter.n += 1
+        if counter.fail_at is not None and counter.n == counter.fail_at:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "fit", fit)
+    return counter
+
+
+def _key(cfg, fingerprint="data", k=0, mask=None) -> str:
+    mask = np.arange(10) % 2 == 0 if mask is None else mask
+    return RunCache(Cache("unused"), describe_recipe(cfg), fingerprint).model_key(k, model_seed(cfg.seed, k), mask)
+
+
+# ------------------------------------------------------------------------------------------------------ keys
+CHANGES_A_MODEL = [
+    "dataset.test_size=200",
+    "dataset.train_augment.crop_padding=1",
+    "model.hidden=[64]",
+    "model=lenet",
+    "train.epochs=7",
+    "train.batch_size=32",
+    "train.module.optimizer.lr=0.01",
+    "defense=dropout",
+    "defense=dpsgd",
+    "seed=1",
+    "trainer.precision=bf16-mixed",
+    "+trainer.gradient_clip_val=1.0",
+    "+callbacks.x={_target_:lightning.pytorch.callbacks.LearningRateMonitor}",
+]
+DOES_NOT = [
+    "attack=loss",
+    "evaluation.targets=1",
+    "evaluation.n_bootstrap=5",
+    "logger=none",
+    "num_models=32",
+    "signals.dtype=float16",
+    "signals.batch_size=7",
+    "cpu_threads=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+    "paths.output_dir=/elsewhere",
+    "data.root=/elsewhere",
+    "cache.dir=/elsewhere",
+    "membership.seed=5",  # masks enter the key through their bytes
+    "dataset.query_augment.shift=0",  # only the attacker's queries (no analysis recording during training)
+]
+
+
+def test_model_key_covers_what_determines_a_model_and_nothing_else(compose_cfg, monkeypatch):
+    cfg = compose_cfg([])
+    base = _key(cfg)
+
+    def changed(override: str):  # a group choice needs composing; a value is merged (faster)
+        key, value = override.lstrip("+").split("=", 1)
+        if key in ("model", "defense", "attack", "logger"):
+            return compose_cfg([override])
+        out = cfg.copy()
+        OmegaConf.set_struct(out, False)
+        return OmegaConf.merge(out, OmegaConf.from_dotlist([f"{key}={value}"]))
+
+    for override in CHANGES_A_MODEL:
+        assert _key(changed(override)) != base, override
+    for override in DOES_NOT:
+        assert _key(changed(override)) == base, override
+    mask = np.arange(10) % 2 == 0
+    other = mask.copy()
+    other[3] = not other[3]
+    assert _key(cfg, mask=other) != base  # one record in or out
+    assert _key(cfg, k=1) != base  # index (and with it the model's seed)
+    assert _key(cfg, fingerprint="edited data") != base
+    monkeypatch.setattr(cache_mod, "__version__", "9.9.9")
+    assert _key(cfg) != base  # package version
+    monkeypatch.setattr(cache_mod, "__version__", cache_mod.__version__)
+
+
+def test_code_digest_follows_training_code_and_ignores_attack_code(tmp_path, monkeypatch):
+    """An edited training/defense module in a development checkout must miss the cache; attack code must not."""
+    pkg = tmp_path / "mia_bench"
+    for rel in ("training/train.py", "training/cache.py", "defenses/mixup.py", "attacks/lira.py", "augment.py"):
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_text(f"# {rel}\n")
+    monkeypatch.setattr(cache_mod, "__file__", str(pkg / "training" / "cache.py"))
+
+    def digest_now():
+        cache_mod.code_digest.cache_clear()
+        return cache_mod.code_digest()
+
+    try:
+        base = digest_now()
+        (pkg / "attacks/lira.py").write_text("# an attack changed\n")
+        assert digest_now() == base
+        (pkg / "training/cache.py").write_text("# the cache's own code changed\n")
+        assert digest_now() == base
+        (pkg / "defenses/mixup.py").write_text("# a defense changed\n")
+        changed = digest_now()
+        assert changed != base
+        (pkg / "augment.py").write_text("# augmentation changed\n")
+        assert digest_now() != changed
+    finally:
+        cache_mod.code_digest.cache_clear()
+
+
+def test_data_fingerprint_sees_one_changed_value_and_ignores_identity():
+    x, y = torch.randn(20, 3), torch.arange(20) % 2
+    a = ArrayData(x, y)
+    fp = data_fingerprint(population=a, public=None)
+    assert fp == data_fingerprint(population=ArrayData(x.clone(), y.clone()), public=None)
+    x2 = x.clone()
+    x2[7, 1] += 1e-6
+    assert data_fingerprint(population=ArrayData(x2, y), public=None) != fp
+    y2 = y.clone()
+    y2[0] = 1 - y2[0]
+    assert data_fingerprint(population=ArrayData(x, y2), public=None) != fp
+    assert data_fingerprint(population=a, public=a) != fp  # a split present vs absent
+
+
+def test_signals_key_covers_models_queries_dtype_and_audit():
+    rc = RunCache(Cache("unused"), {}, "data")
+    audit = ArrayData(torch.randn(6, 2), torch.arange(6) % 2)
+    masks = np.eye(2, 6, dtype=bool)
+    q = query_offsets()
+    base = rc.signals_key(["a", "b"], audit, masks, q, np.float32)
+    assert rc.signals_key(["a", "b", "c"], audit, masks, q, np.float32) != base
+    assert rc.signals_key(["b", "a"], audit, masks, q, np.float32) != base
+    assert rc.signals_key(["a", "b"], audit, masks, query_offsets(1), np.float32) != base
+    assert rc.signals_key(["a", "b"], audit, masks, q, np.float16) != base
+    assert rc.signals_key(["a", "b"], audit, ~masks, q, np.float32) != base
+    assert rc.signals_key(["a", "b"], audit.subset(torch.arange(5)), masks[:, :5], q, np.float32) != base
+
+
+# ----------------------------------------------------------------------------------------------- entries
+def _put(store: Cache, key: str, payload: bytes = b"weights", kind: str = "models") -> bool:
+    return store.put(kind, key, {"a.bin": lambda f: f.write(payload)}, f"entry {key}", {"x": 1})
+
+
+def test_entries_are_verified_and_a_corrupt_or_partial_one_is_removed_with_a_warning(tmp_path, caplog):
+    store = Cache(tmp_path / "c")
+    assert store.get("models", "k1") is None
+    assert _put(store, "k1") and _put(store, "k2") and _put(store, "k3")
+    entry = store.get("models", "k1")
+    assert entry.meta == {"x": 1} and entry.file("a.bin").read_bytes() == b"weights"
+    assert not [p for p in (tmp_path / "c" / "models").iterdir() if p.name.startswith(".tmp-")]
+
+    (tmp_path / "c/models/k1/a.bin").write_bytes(b"weightz")  # same size, different bytes
+    (tmp_path / "c/models/k2/a.bin").write_bytes(b"weig")  # truncated
+    (tmp_path / "c/models/k3/manifest.json").unlink()  # partial
+    with caplog.at_level(logging.WARNING, logger="mia_bench.cache"):
+        for key in ("k1", "k2", "k3"):
+            assert store.get("models", key) is None
+    for key, reason in (("k1", "checksum"), ("k2", "bytes"), ("k3", "manifest")):
+        assert any(str(tmp_path / "c/models" / key) in r.message and reason in r.message for r in caplog.records)
+        assert not (tmp_path / "c/models" / key).exists()
+
+
+def test_a_second_writer_of_the_same_entry_keeps_the_first_and_leaves_no_temporary(tmp_path):
+    store = Cache(tmp_path)
+    assert _put(store, "k", b"first")
+    assert _put(store, "k", b"second")
+    assert store.get("models", "k").file("a.bin").read_bytes() == b"first"
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["k"]
+
+
+def test_an_interrupted_write_leaves_nothing_readable(tmp_path):
+    store = Cache(tmp_path)
+
+    def boom(f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.put("models", "k", {"a.bin": boom}, "x")
+    assert store.get("models", "k") is None
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_an_unwritable_cache_is_a_warning_not_a_failure(tmp_path, caplog):
+    (tmp_path / "file").write_text("not a folder")
+    with caplog.at_level(logging.WARNING):
+        assert not _put(Cache(tmp_path / "file"), "k")
+    assert "cannot write cache entry" in caplog.text
+
+
+# ------------------------------------------------------------------------------- models: every defense
+def _small(compose_cfg, *extra):
+    return compose_cfg(
+        [
+            "dataset.population_size=300",
+            "train.epochs=4",
+            "trainer.enable_progress_bar=false",
+            "trainer.accelerator=cpu",
+            "logger=none",
+            *extra,
+        ]
+    )
+
+
+@pytest.mark.parametrize("defense", DEFENSES)
+def test_a_cached_model_predicts_exactly_as_the_trained_one_for_every_defense(compose_cfg, tmp_path, fits, defense):
+    # DP-SGD: a fixed noise and the RDP accountant (the PRV noise search takes seconds; the cache is what is tested).
+    dp = ["train.module.noise_multiplier=1.0", "train.module.target_epsilon=null", "train.module.accountant=rdp"]
+    cfg = _small(compose_cfg, f"defense={defense}", *(dp if defense == "dpsgd" else []))
+    _, splits = pipeline.load_data(cfg)
+    masks = make_masks(len(splits.population), 2, "paired", 0)
+    rc = open_cache(cfg, population=splits.population, test=splits.test, public=splits.public)
+    [fresh] = train_models(cfg, splits, masks, tmp_path, indices=[1], cache=rc)
+    assert fits.n == 1 and not fresh.from_cache
+    [cached] = train_models(cfg, splits, masks, tmp_path, indices=[1], cache=rc)
+    assert fits.n == 1 and cached.from_cache and cached.key == fresh.key
+    assert type(cached.module) is type(fresh.module)
+    assert cached.module.defense_info == fresh.module.defense_info
+    fresh_state, cached_state = fresh.module.state_dict(), cached.module.state_dict()
+    assert fresh_state.keys() == cached_state.keys()
+    assert all(torch.equal(fresh_state[k], cached_state[k]) for k in fresh_state)
+    x = splits.population.x[:64]
+    queries = query_offsets(1)
+    # The attacker's view (predict path, inference-time defense included, its own seeded draws) and the plain model.
+    assert np.array_equal(collect_logits(fresh.module, x, queries), collect_logits(cached.module, x, queries))
+    assert torch.equal(fresh.module.clean_logits(x), cached.module.clean_logits(x))
+    assert cached.module.public_data is splits.public and cached.module.train_data is None
+
+
+def test_artifacts_recorded_during_training_come_back_from_the_cache(compose_cfg, tmp_path, fits):
+    class Record(pl.Callback):
+        def on_train_epoch_end(self, trainer, module):
+            module.artifacts.setdefault("epochs", np.zeros(0, dtype=np.int16))
+            module.artifacts["epochs"] = np.append(module.artifacts["epochs"], trainer.current_epoch)
+            module.artifacts["snap"] = np.full((3, 2), trainer.current_epoch, dtype=np.float16)
+
+    cfg = _small(compose_cfg)
+    _, splits = pipeline.load_data(cfg)
+    masks = make_masks(len(splits.population), 2, "paired", 0)
+    rc = open_cache(cfg, population=splits.population)
+    [fresh] = train_models(cfg, splits, masks, tmp_path, [0], extra_callbacks=lambda k: [Record()], cache=rc)
+    [cached] = train_models(cfg, splits, masks, tmp_path, [0], extra_callbacks=lambda k: [Record()], cache=rc)
+    assert fits.n == 1 and cached.from_cache
+    assert cached.module.artifacts.keys() == {"epochs", "snap"}
+    for name, arr in fresh.module.artifacts.items():
+        assert np.array_equal(cached.module.artifacts[name], arr) and cached.module.artifacts[name].dtype == arr.dtype
+    assert list(cached.module.artifacts["epochs"]) == [0, 1, 2, 3]
+
+
+def test_a_corrupt_model_is_retrained_with_a_warning(compose_cfg, tmp_path, fits, caplog):
+    cfg = _small(compose_cfg, "train.epochs=1")
+    _, splits = pipeline.load_data(cfg)
+    masks = make_masks(len(splits.population), 2, "paired", 0)
+    rc = open_cache(cfg, population=splits.population)
+    first = train_models(cfg, splits, masks, tmp_path, cache=rc)
+    weights = rc.store.path("models", first[0].key) / "model.pt"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with caplog.at_level(logging.WARNING):
+        again = train_models(cfg, splits, masks, tmp_path, cache=rc)
+    assert fits.n == 3 and [m.from_cache for m in again] == [False, True]
+    assert str(weights.parent) in caplog.text and "removing it and rebuilding" in caplog.text
+    assert rc.store.get("models", first[0].key) is not None  # rebuilt
+    assert torch.equal(again[0].module.clean_logits(splits.test.x), first[0].module.clean_logits(splits.test.x))
+
+
+def test_a_model_another_job_is_building_is_skipped_and_taken_last(compose_cfg, tmp_path, fits):
+    """Parallel jobs sharing the cache split the work: a model whose lock another job holds is deferred."""
+    cfg = _small(compose_cfg, "train.epochs=1")
+    _, splits = pipeline.load_data(cfg)
+    masks = make_masks(len(splits.population), 4, "paired", 0)
+    rc = open_cache(cfg, population=splits.population)
+    key0 = rc.model_key(0, model_seed(cfg.seed, 0), masks[0])
+    order, result = [], {}
+
+    def job():
+        result["models"] = train_models(cfg, splits, masks, tmp_path, [0, 1], lambda k: order.append(k) or [], rc)
+
+    with rc.lock(key0) as held:  # another job is building model 0
+        assert held
+        thread = threading.Thread(target=job)
+        thread.start()
+        deadline = time.time() + 60
+        while not order and time.time() < deadline:
+            time.sleep(0.02)
+        thread.join(timeout=0.5)  # model 1 done; model 0 waits for the lock
+        assert order == [1] and thread.is_alive()
+    thread.join(timeout=60)
+    assert order == [1, 0] and fits.n == 2
+    assert [m.index for m in result["models"]] == [0, 1]
+
+
+# --------------------------------------------------------------------------------------- the pipeline
+def test_resume_after_an_interruption_trains_only_the_unfinished_models(compose_cfg, tmp_path, fits, caplog):
+    cfg = compose_cfg(FAST, output_dir=tmp_path / "run1")
+    fits.fail_at = 3  # killed while training model 2
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(cfg)
+    assert len(list((tmp_path / "cache" / "models").iterdir())) == 2  # models 0, 1 were stored as they finished
+    fits.n, fits.fail_at = 0, None
+    with caplog.at_level(logging.INFO, logger="mia_bench"):
+        records = pipeline.run(compose_cfg(FAST, output_dir=tmp_path / "run2"))
+    assert fits.n == 2 and records[0]["models_from_cache"] == 2
+    assert "models: 2 from the cache, 2 trained" in caplog.text
+    # Resumed = uninterrupted: the same signals as a run without the cache (which writes nothing to it).
+    fits.n = 0
+    pipeline.run(compose_cfg([*FAST, "cache.enabled=false", "cache.dir=" + str(tmp_path / "off")], tmp_path / "run3"))
+    assert fits.n == 4 and not (tmp_path / "off").exists()
+    resumed, clean = Signals.load(tmp_path / "run2/signals.npz"), Signals.load(tmp_path / "run3/signals.npz")
+    assert np.array_equal(resumed.logits, clean.logits)
+
+
+def test_changing_only_the_attack_neither_trains_nor_queries_and_more_models_train_only_the_new(
+    compose_cfg, tmp_path, fits, monkeypatch
+):
+    first = pipeline.run(compose_cfg(FAST, tmp_path / "a"))
+    assert fits.n == 4
+    queried = []
+    monkeypatch.setattr(pipeline, "collect_logits", lambda *a, **k: queried.append(1) or collect_logits(*a, **k))
+    t0 = time.perf_counter()
+    second = pipeline.run(compose_cfg([*FAST, "attack=[rmia,lira_offline]"], tmp_path / "b"))
+    assert fits.n == 4 and not queried and time.perf_counter() - t0 < 10
+    assert {r["attack"] for r in second} == {"rmia", "lira_offline"} and second[0]["models_from_cache"] == 4
+    for key in ("test_acc_mean", "train_acc_mean", "gen_gap"):
+        assert second[0][key] == first[0][key]
+    a, b = Signals.load(tmp_path / "a/signals.npz"), Signals.load(tmp_path / "b/signals.npz")
+    assert np.array_equal(a.logits, b.logits) and np.array_equal(a.masks, b.masks)
+    # K=4 -> K=6: masks are prefix-stable, so only models 4 and 5 are new.
+    queried.clear()
+    third = pipeline.run(compose_cfg([*FAST, "num_models=6"], tmp_path / "c"))
+    assert fits.n == 6 and third[0]["models_from_cache"] == 4 and len(queried) > 0
+    c = Signals.load(tmp_path / "c/signals.npz")
+    assert np.array_equal(c.logits[:4], a.logits)
+
+
+def test_shards_train_disjoint_models_into_the_cache_then_the_attack_stage_trains_none(compose_cfg, tmp_path, fits):
+    for index, expected in ((0, [0, 2]), (1, [1, 3])):
+        before = fits.n
+        out = tmp_path / f"shard{index}"
+        assert pipeline.run(compose_cfg([*FAST, "shard.count=2", f"shard.index={index}"], out)) == []
+        marker = json.loads((out / "shard.json").read_text())
+        assert marker["trained"] == expected and marker["shard"] == f"{index}/2" and fits.n - before == 2
+        assert not (out / "metrics.json").exists() and not (out / "signals.npz").exists()
+    records = pipeline.run(compose_cfg(FAST, tmp_path / "attack"))
+    assert fits.n == 4 and records[0]["models_from_cache"] == 4 and (tmp_path / "attack/metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["shard.count=2", "shard.index=2"], "shard.index=2"),
+        (["shard.count=0"], "shard.count=0"),
+        (["shard.count=2", "cache.enabled=false"], "cache.enabled=true"),
+    ],
+)
+def test_bad_shard_settings_fail_before_training(compose_cfg, fits, overrides, needle):
+    with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
+        pipeline.run(compose_cfg([*FAST, *overrides]))
+    assert fits.n == 0
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def test_cli_lists_and_prunes_with_dry_run_by_default(tmp_path, capsys):
+    store = Cache(tmp_path)
+    for key in ("aaa111", "bbb222", "ccc333"):
+        _put(store, key)
+    _put(store, "sig1", kind="signals")
+    (tmp_path / "models" / ".tmp-zzz-1").mkdir()
+    old = time.time() - 3 * 86400
+    os.utime(tmp_path / "models/aaa111/manifest.json", (old, old))
+    manifest = json.loads((tmp_path / "models/aaa111/manifest.json").read_text())
+    manifest["created"] = old
+    (tmp_path / "models/aaa111/manifest.json").write_text(json.dumps(manifest))
+    os.utime(tmp_path / "models/aaa111/manifest.json", (old, old))
+
+    assert main(["--dir", str(tmp_path), "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(k in out for k in ("aaa111", "bbb222", "sig1", "entry ccc333", "temporary")) and "5 entries" in out
+
+    def removed(*args):
+        main(["--dir", str(tmp_path), "prune", *args])
+        capsys.readouterr()
+        return {p.name for kind in ("models", "signals") for p in (tmp_path / kind).iterdir()}
+
+    everything = {"aaa111", "bbb222", "ccc333", ".tmp-zzz-1", "sig1"}
+    assert removed("--older-than", "2d") == everything  # dry run
+    assert removed("--older-than", "2d", "--yes") == everything - {"aaa111"}
+    assert removed("--key", "bbb", "--yes") == everything - {"aaa111", "bbb222"}
+    assert removed("--incomplete", "--yes") == {"ccc333", "sig1"}
+    assert removed("--all", "--kind", "signals", "--yes") == {"ccc333"}
+    assert removed("--all", "--yes") == set()
+    with pytest.raises(SystemExit):
+        main(["--dir", str(tmp_path), "prune"])  # nothing chosen is an error, not "remove everything"
+    with pytest.raises(SystemExit):
+        main(["--dir", str(tmp_path), "prune", "--older-than", "soon"])
+
+
+def test_cli_module_runs_on_the_default_dir_from_the_environment(tmp_path):
+    _put(Cache(tmp_path / "cache"), "k123")  # conftest points MIA_BENCH_CACHE at tmp_path/cache
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(
+        [sys.executable, "-m", "mia_bench.cache", "list"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    assert "k123" in res.stdout and str(tmp_path / "cache") in res.stdout
