@@ -33,3 +33,10 @@ privacy-table-mnist: ## every defense on the MNIST test split (IDX files in $(MN
 
 clean:              ## remove run outputs (keeps datasets)
 	rm -rf outputs multirun_outputs/*/ .pytest_cache
+
+SWEEP_DEMO = multirun_outputs/sweep_demo
+.PHONY: sweep-demo
+sweep-demo:         ## 4 defenses x every attack on digits (K=8), jobs in parallel (one per core), then the report (~6 min)
+	$(PY) -m mia_bench -m hydra/launcher=local defense=none,dropout,mixup_inference,advreg attack=all num_models=8 \
+		trainer.enable_progress_bar=false hydra.sweep.dir=$(SWEEP_DEMO)
+	$(PY) -m mia_bench.report $(SWEEP_DEMO) --order none,dropout,mixup_inference,advreg

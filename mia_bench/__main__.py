@@ -12,6 +12,9 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from mia_bench.data.base import DatasetUnavailableError
+from mia_bench.gpu_pool import job_device, register_resolvers
+
+register_resolvers()  # ${mia_bench.gpu_count:} in conf/hydra/launcher/gpus.yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Groups in conf/config.yaml's defaults list. Hydra accepts `group=x` for them but rejects `+group=x`
@@ -58,15 +61,24 @@ def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from mia_bench.pipeline import run
+    from mia_bench.report.wandb_run import finish_failed, is_wandb, start_run
 
     _propagate_lightning_logs()
-    choices = {
-        k: v
-        for k, v in HydraConfig.get().runtime.choices.items()
-        if not k.startswith("hydra") and v is not None
-    }
+    hydra_cfg = HydraConfig.get()
+    choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra") and v is not None}
+    if "attack" not in choices and cfg.get("attack"):
+        # Hydra records no choice for a list override (attack=[loss,rmia]); name it so that the job directory's
+        # metrics.json and the W&B tags still say which attacks ran.
+        choices["attack"] = "[" + ",".join(cfg.attack.keys()) + "]"
     try:
-        run(cfg, choices)
+        # hydra/launcher=gpus: this job holds one GPU until it returns (or fails).
+        with job_device(cfg):
+            if is_wandb(cfg):
+                start_run(cfg, choices, hydra_cfg)
+            try:
+                run(cfg, choices)
+            finally:
+                finish_failed()  # a run the pipeline did not finish (it raised): marked failed, not reused
     except USER_ERRORS as err:
         # A bad option or missing data is the user's to fix, not a crash: print the message that names the
         # bad value and what is accepted, without a stack trace (HYDRA_FULL_ERROR=1 shows it).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -64,3 +65,120 @@ def test_table_marks_missing_attacks():
     df = pd.DataFrame([{"dataset": "d", "model": "m", "defense": "none", "attack": "loss", "test_acc_mean": 0.5}])
     row = privacy_utility_table(df, ["loss", "rmia"]).splitlines()[2]
     assert row.count("–") == 4  # loss has no AUC/TPR columns in this record; rmia is absent
+
+
+# ---- pivot table, scatter, ROC overlays ----
+
+
+def _cell_run(path, defense, tprs, acc=0.965, dataset="digits", extra=None, rocs=True):
+    """A finished run: per attack, TPR@1%FPR mean with a bootstrap interval of +-0.5 points and std 0.004."""
+    from mia_bench.report.outputs import save_roc_curves
+
+    path.mkdir(parents=True)
+    recs = [
+        {
+            "dataset": dataset,
+            "model": "mlp",
+            "defense": defense,
+            "attack": attack,
+            "choice/defense": defense,
+            "test_acc_mean": acc,
+            "test_acc_std": 0.01,
+            "auc_mean": 0.5 + tpr,
+            "auc_std": 0.01,
+            "tpr_at_fpr_0.01_mean": tpr,
+            "tpr_at_fpr_0.01_std": 0.004,
+            "tpr_at_fpr_0.01_ci_low": tpr - 0.005,
+            "tpr_at_fpr_0.01_ci_high": tpr + 0.005,
+            "confidence": 0.95,
+            **(extra or {}),
+        }
+        for attack, tpr in tprs.items()
+    ]
+    (path / "metrics.json").write_text(json.dumps(recs))
+    if rocs:  # a distinct curve per attack: TPR = FPR ** (1 - tpr), so the test can tell which one was drawn
+        fpr = np.logspace(-4, 0, 50)
+        save_roc_curves({a: (fpr, fpr ** (1 - t)) for a, t in tprs.items()}, path / "roc_curves.npz")
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    s = tmp_path / "sweep"
+    _cell_run(s / "0", "none", {"loss": 0.015, "lira_online": 0.027, "rmia": 0.024}, acc=0.965)
+    _cell_run(s / "1", "dpsgd", {"loss": 0.012, "lira_online": 0.010, "rmia": 0.011}, acc=0.80,
+              extra={"defense/epsilon": 4.0})  # fmt: skip
+    _cell_run(s / "2", "advreg", {"loss": 0.014, "lira_online": 0.02, "rmia": 0.021}, acc=0.95)
+    _cell_run(s / "3", "none", {"loss": 0.05, "lira_online": 0.09, "rmia": 0.08}, acc=0.70, dataset="cifar10",
+              rocs=False)  # fmt: skip
+    return s
+
+
+def test_pivot_rows_dataset_model_columns_defense_cells_metric_interval_accuracy(sweep):
+    from mia_bench.report.aggregate import pivot_table
+
+    df = collect([sweep])
+    lines = pivot_table(df).splitlines()
+    assert lines[0] == "TPR@1%FPR (%) of the strongest attack per cell [95% bootstrap interval] · test accuracy"
+    assert lines[2] == "| dataset | model | none | advreg | dpsgd |"  # the baseline first, then alphabetical
+    assert lines[4] == "| cifar10 | mlp | 9.0 [8.5, 9.5] · 70.0% (lira_online) | – | – |"
+    assert lines[5] == (
+        "| digits | mlp | 2.7 [2.2, 3.2] · 96.5% (lira_online) | 2.1 [1.6, 2.6] · 95.0% (rmia) "
+        "| 1.2 [0.7, 1.7] · 80.0% (loss) |"
+    )
+    fixed = pivot_table(df, "auc", "loss", order=["dpsgd"]).splitlines()
+    assert fixed[2] == "| dataset | model | dpsgd | none | advreg |"
+    assert fixed[5].startswith("| digits | mlp | 0.512 ± 0.010 · 80.0% | 0.515 ± 0.010 · 96.5% |")  # no CI: ± std
+
+
+def test_pivot_gives_a_row_to_every_other_varied_choice(sweep):
+    from mia_bench.report.aggregate import pivot_table
+
+    _cell_run(sweep / "4", "none", {"loss": 0.03}, extra={"choice/train": "long"})
+    df = collect([sweep])
+    df["choice/train"] = df["choice/train"].fillna("default")
+    lines = pivot_table(df, attack="loss").splitlines()
+    assert lines[2] == "| dataset | model | train | none | advreg | dpsgd |"
+    assert lines[5].startswith("| digits | mlp | default | 1.5 [1.0, 2.0] · 96.5% | 1.4")
+    assert lines[6] == "| digits | mlp | long | 3.0 [2.5, 3.5] · 96.5% | – | – |"
+
+
+def test_scatter_points_are_accuracy_against_the_attack_metric_or_epsilon(sweep, tmp_path):
+    from mia_bench.report.plots import privacy_utility_scatter
+
+    df = collect([sweep])
+    pts = privacy_utility_scatter(df, tmp_path / "pu.png", attack="lira_online").set_index("run_dir")
+    assert (tmp_path / "pu.png").read_bytes()[:4] == b"\x89PNG"
+    none = pts.loc[str(sweep / "0")]
+    assert (none["_x"], none["_xerr"], none["_y"], none["_yerr"]) == pytest.approx((2.7, 0.4, 96.5, 1.0))
+    eps = privacy_utility_scatter(df, tmp_path / "eps.png", x="epsilon").set_index("run_dir")["_x"]
+    assert eps[str(sweep / "1")] == 4.0 and eps[str(sweep / "0")] == 16.0  # no DP: at the right edge (4 x max)
+    with pytest.raises(ValueError, match="defense/epsilon"):
+        privacy_utility_scatter(df[df.defense != "dpsgd"], tmp_path / "e2.png", x="epsilon")
+
+
+def test_roc_overlays_one_file_per_dataset_with_each_runs_curve(sweep, tmp_path, monkeypatch, caplog):
+    from mia_bench.report import plots
+
+    drawn = []
+    real = plots.load_roc
+    monkeypatch.setattr(plots, "load_roc", lambda d, a: drawn.append((d, a)) or real(d, a))
+    fpr, tpr = real(sweep / "0", "rmia")
+    assert tpr == pytest.approx(fpr ** (1 - 0.024))  # the attack's own curve
+    written = plots.roc_overlays(collect([sweep]), tmp_path)
+    assert [p.name for p in written] == ["roc_digits.png"]  # cifar10's only run has no roc_curves.npz
+    assert "cifar10: 1 run(s) without" in caplog.text
+    assert sorted(drawn) == [
+        (str(sweep / "0"), "lira_online"),
+        (str(sweep / "1"), "loss"),
+        (str(sweep / "2"), "rmia"),
+        (str(sweep / "3"), "lira_online"),
+    ]  # each run's strongest attack
+
+
+def test_report_cli_writes_every_output(sweep, capsys):
+    assert main([str(sweep), "--attack", "lira_online"]) == 0
+    for name in ("summary.csv", "privacy_utility.md", "pivot.md", "privacy_utility.png", "roc_digits.png"):
+        assert (sweep / name).exists(), name
+    assert "| digits | mlp | 2.7 [2.2, 3.2] · 96.5% |" in (sweep / "pivot.md").read_text()
+    assert main([str(sweep), "--attack", "nope"]) == 2
+    assert "--attack 'nope': not among the attacks of these runs (lira_online, loss, rmia)" in capsys.readouterr().err

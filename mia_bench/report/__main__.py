@@ -1,40 +1,80 @@
-"""``python -m mia_bench.report <run or multirun dir> ...``: aggregate finished runs into ``summary.csv`` and a
-markdown privacy-utility table (written next to the first directory, or to ``--out``)."""
+"""``python -m mia_bench.report <run or multirun dir> ...``: aggregate finished runs (written next to the first
+directory, or to ``--out``) into
+
+- ``summary.csv``: every record of every run (one row per run x attack, all metrics and choices);
+- ``privacy_utility.md``: one row per dataset / model / defense, AUC and TPR@1%FPR of some attacks;
+- ``pivot.md``: rows dataset x model, columns defense, cells ``metric [interval] · test accuracy``;
+- ``privacy_utility.png``: test accuracy against the attack metric (or epsilon), a point per run;
+- ``roc_<dataset>.png``: per dataset, the ROC curve of each defense overlaid (log-log).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from mia_bench.io import atomic_write_text
-from mia_bench.report.aggregate import collect, privacy_utility_table
+from mia_bench.report.aggregate import METRICS, STRONGEST, collect, pivot_table, privacy_utility_table
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mia_bench.report", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m mia_bench.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("dirs", nargs="+", help="run directories, multirun directories, or metrics.json files")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the first directory)")
     parser.add_argument(
-        "--attacks", default="loss,lira_online,rmia", help="attacks shown in the table (comma-separated)"
+        "--attacks", default="loss,lira_online,rmia", help="attacks in privacy_utility.md (comma-separated)"
     )
-    parser.add_argument("--order", default="", help="defense order of the rows (comma-separated; others follow)")
+    parser.add_argument(
+        "--order", default="", help="defense order of rows and columns (comma-separated; others follow)"
+    )
+    parser.add_argument(
+        "--metric",
+        default="tpr_at_fpr_0.01",
+        choices=list(METRICS),
+        help="attack metric of the pivot table, the scatter and the ROC choice (default: TPR at 1%% FPR)",
+    )
+    parser.add_argument(
+        "--attack",
+        default=STRONGEST,
+        help="attack of the pivot table, scatter and ROC overlays: a name (e.g. lira_online), or 'strongest' "
+        "(default): per run, the attack with the highest --metric, i.e. the worst case for the defense",
+    )
+    parser.add_argument(
+        "--x",
+        default="attack",
+        choices=["attack", "epsilon"],
+        help="x axis of privacy_utility.png: the attack metric (default) or the DP budget epsilon",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="tables only (no PNG files)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    order = [d for d in args.order.split(",") if d]
     try:
         df = collect(args.dirs)
+        out = args.out or Path(args.dirs[0])
+        out = out.parent if out.is_file() else out
+        out.mkdir(parents=True, exist_ok=True)
+        table = privacy_utility_table(df, [a for a in args.attacks.split(",") if a], order)
+        pivot = pivot_table(df, args.metric, args.attack, order)
+        written = [out / "summary.csv", out / "privacy_utility.md", out / "pivot.md"]
+        atomic_write_text(out / "summary.csv", df.to_csv(index=False))
+        atomic_write_text(out / "privacy_utility.md", table)
+        atomic_write_text(out / "pivot.md", pivot)
+        if not args.no_plots:
+            from mia_bench.report.plots import privacy_utility_scatter, roc_overlays
+
+            privacy_utility_scatter(df, out / "privacy_utility.png", args.metric, args.attack, args.x, order)
+            written += [out / "privacy_utility.png", *roc_overlays(df, out, args.metric, args.attack, order)]
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = args.out or Path(args.dirs[0])
-    out = out.parent if out.is_file() else out
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "summary.csv", df.to_csv(index=False))
-    table = privacy_utility_table(
-        df, [a for a in args.attacks.split(",") if a], [d for d in args.order.split(",") if d]
-    )
-    atomic_write_text(out / "privacy_utility.md", table)
     print(table)
-    print(f"wrote {out / 'summary.csv'} and {out / 'privacy_utility.md'}")
+    print(pivot)
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

@@ -64,10 +64,8 @@ def privacy_utility_table(
     header.append("defense reports")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     keys = ["dataset", "model", "defense"]
-    rank = {d: i for i, d in enumerate(order or [])}
-    groups = sorted(
-        df.groupby(keys, sort=False), key=lambda kv: (kv[0][0], kv[0][1], rank.get(kv[0][2], len(rank)), kv[0][2])
-    )
+    rank = {d: i for i, d in enumerate(defense_order(df["defense"].astype(str).unique(), order))}
+    groups = sorted(df.groupby(keys, sort=False), key=lambda kv: (kv[0][0], kv[0][1], rank[str(kv[0][2])]))
     for (dataset, model, defense), g in groups:
         by_attack = {r["attack"]: r for _, r in g.iterrows()}
         first = g.iloc[0]
@@ -86,3 +84,112 @@ def privacy_utility_table(
 def _short(v: float) -> str:
     v = float(v)
     return f"{v:.0f}" if v.is_integer() and abs(v) >= 10 else f"{v:.3g}"
+
+
+# Metrics a pivot cell / the scatter can show: column prefix -> (label, shown in percent).
+METRICS = {
+    "tpr_at_fpr_0.01": ("TPR@1%FPR (%)", True),
+    "tpr_at_fpr_0.001": ("TPR@0.1%FPR (%)", True),
+    "auc": ("AUC", False),
+    "advantage": ("advantage", False),
+    "balanced_accuracy": ("balanced acc (%)", True),
+    "attack_accuracy": ("attack acc (%)", True),
+}
+STRONGEST = "strongest"
+# Columns that identify a cell besides dataset/model/defense when a sweep varies them (e.g. train=cifar vs default).
+_ROW_CANDIDATES = ("num_models", "seed", "null_test")
+_NOT_ROW = {"choice/dataset", "choice/model", "choice/defense", "choice/attack", "choice/logger", "choice/paths"}
+
+
+def check_metric(df: pd.DataFrame, metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
+    if f"{metric}_mean" not in df.columns:
+        raise ValueError(f"--metric {metric!r}: no {metric}_mean column in these runs")
+
+
+def pick_attack(df: pd.DataFrame, attack: str, metric: str) -> pd.DataFrame:
+    """One row per run: the record of ``attack``, or with ``attack='strongest'`` the attack with the highest mean
+    ``metric`` in that run (the worst case a defense has to face). Runs without that attack are dropped."""
+    check_metric(df, metric)
+    if attack == STRONGEST:
+        ranked = df.assign(_v=df[f"{metric}_mean"].fillna(-math.inf)).sort_values("_v", ascending=False, kind="stable")
+        return ranked.drop_duplicates("run_dir").drop(columns="_v").sort_values("run_dir").reset_index(drop=True)
+    if attack not in set(df["attack"]):
+        have = ", ".join(sorted(set(df["attack"])))
+        raise ValueError(f"--attack {attack!r}: not among the attacks of these runs ({have}) nor 'strongest'")
+    return df[df["attack"] == attack].reset_index(drop=True)
+
+
+def row_keys(df: pd.DataFrame) -> list[str]:
+    """dataset, model, then every other choice or count that differs between the runs (so two cells that differ
+    only in e.g. ``train=`` or ``num_models`` get their own rows instead of colliding)."""
+    keys = ["dataset", "model"]
+    extra = [c for c in df.columns if c.startswith("choice/") and c not in _NOT_ROW] + list(_ROW_CANDIDATES)
+    for c in extra:
+        if c in df.columns and df[c].astype(str).nunique(dropna=False) > 1:
+            keys.append(c)
+    return keys
+
+
+def defense_order(defenses, order: Sequence[str] | None = None) -> list[str]:
+    """``order`` first, then the others alphabetically with ``none`` (the baseline) leading."""
+    order = [d for d in (order or []) if d in set(defenses)]
+    rest = sorted(set(defenses) - set(order), key=lambda d: (d != "none", d))
+    return order + rest
+
+
+def interval(row: pd.Series, metric: str) -> str:
+    """``mean [ci_low, ci_high]`` (the bootstrap interval), or ``mean ± std`` when the run has no interval."""
+    _, pct = METRICS[metric]
+    scale, digits = (100.0, 1) if pct else (1.0, 3)
+    mean = row.get(f"{metric}_mean")
+    if mean is None or pd.isna(mean):
+        return "–"
+    lo, hi = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+    if lo is not None and hi is not None and pd.notna(lo) and pd.notna(hi):
+        return f"{mean * scale:.{digits}f} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
+    return mean_std(row, metric, pct=pct, digits=digits)
+
+
+def pivot_table(
+    df: pd.DataFrame,
+    metric: str = "tpr_at_fpr_0.01",
+    attack: str = STRONGEST,
+    order: Sequence[str] | None = None,
+) -> str:
+    """Markdown pivot: one row per dataset x model (x whatever else the sweep varied), one column per defense;
+    a cell is the attack metric with its bootstrap interval, then the test accuracy, e.g.
+    ``2.7 [1.9, 3.6] · 96.5%`` (with ``attack='strongest'`` the winning attack is named in the cell)."""
+    picked = pick_attack(df, attack, metric)
+    keys = row_keys(picked)
+    defenses = defense_order(picked["defense"].astype(str).unique(), order)
+    label, _ = METRICS[metric]
+    what = "strongest attack per cell" if attack == STRONGEST else attack
+    lines = [
+        f"{label} of the {what} [95% bootstrap interval] · test accuracy",
+        "",
+        "| " + " | ".join([k.removeprefix("choice/") for k in keys] + defenses) + " |",
+        "|" + "---|" * (len(keys) + len(defenses)),
+    ]
+    if "confidence" in picked.columns and picked["confidence"].notna().any():
+        lines[0] = lines[0].replace("95%", f"{100 * float(picked['confidence'].dropna().iloc[0]):.0f}%")
+    for key, g in picked.groupby(keys, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        cells = [str(k) for k in key]
+        for d in defenses:
+            runs = g[g["defense"].astype(str) == d]
+            if runs.empty:
+                cells.append("–")
+                continue
+            if len(runs) > 1:
+                log.warning(
+                    "%s / %s: %d runs (%s); the table shows the last", key, d, len(runs), ", ".join(runs.run_dir)
+                )
+            r = runs.sort_values("run_dir").iloc[-1]
+            cell = f"{interval(r, metric)} · {100 * r['test_acc_mean']:.1f}%"
+            if attack == STRONGEST:
+                cell += f" ({r['attack']})"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -96,18 +96,28 @@ def print_table(records: list[dict], console: Console | None = None) -> None:
     console.print(table)
 
 
+UTILITY_KEYS = ("test_acc_mean", "test_acc_std", "train_acc_mean", "train_acc_std", "gen_gap", "train_seconds")
+
+
 def log_to_wandb(records: list[dict], roc_png: Path, choices: dict[str, str]) -> None:
-    """Metrics per attack as summary scalars, the whole table, and the ROC plot, into the cell's W&B run."""
+    """Into the cell's W&B run (opened by ``python -m mia_bench`` with group, name, tags and config; opened here
+    when none is): every figure as summary scalar ``<attack>/<metric>``, the cell's own figures (test accuracy,
+    epsilon, ...) also under their plain names (for plots across a sweep's runs), the whole table and the ROC
+    plot; then finish the run."""
     import pandas as pd
     import wandb
 
+    from mia_bench.report.wandb_run import choice_tags
+
     run = wandb.run
-    if run is None:  # logger=wandb with no training logged (e.g. zero epochs): open the run here
-        run = wandb.init(project="mia_bench", config=choices)
-    run.tags = tuple(sorted(set(run.tags or ()) | {f"{k}={v}" for k, v in choices.items()}))
+    if run is None:  # the pipeline called without the CLI (a script, a test): open a run here
+        run = wandb.init(project="mia_bench", config={"choices": choices})
+    run.tags = tuple(sorted(set(run.tags or ()) | set(choice_tags(choices))))
     for rec in records:
         for key, value in rec.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 run.summary[f"{rec['attack']}/{key}"] = value
+                if key in UTILITY_KEYS or key.startswith("defense/"):  # the cell's, not the attack's: unprefixed too
+                    run.summary[key] = value
     run.log({"metrics": wandb.Table(dataframe=pd.DataFrame(records)), "roc": wandb.Image(str(roc_png))})
     run.finish()
