@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from mia_bench.analysis import recording_key
 from mia_bench.data.splits import Splits
 from mia_bench.training.cache import RunCache
 from mia_bench.training.loader import TensorBatchLoader
@@ -274,12 +275,15 @@ def describe_recipe(cfg: DictConfig) -> dict:
     num_models (masks are prefix-stable; each model's mask bytes are in its key), membership (enters through
     the mask bytes), the trainer's display/logging/device settings, the data location, and
     ``dataset.query_augment`` unless an analysis records signals during training."""
-    keys = ("dataset", "model", "train", "trainer", "defense", "callbacks", "seed", "analysis")
+    keys = ("dataset", "model", "train", "trainer", "defense", "callbacks", "seed")
     out = {
         k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg.get(k), DictConfig) else cfg.get(k)
         for k in keys
         if k in cfg
     }
+    recorded = recording_key(cfg)  # what analyses record while training (epochs, queries, null_test), not their
+    if recorded is not None:  # analysis-only settings (fpr, grid edges, plots): those reuse the cached models
+        out["analysis"] = recorded
     if isinstance(out.get("trainer"), dict):
         out["trainer"] = {k: v for k, v in out["trainer"].items() if k not in TRAINER_KEYS_IGNORED}
     dataset = out.get("dataset")
