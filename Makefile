@@ -26,9 +26,10 @@ privacy-table:      ## every defense on the offline default, then the privacy-ut
 	$(PY) -m mia_bench -m defense=$(DEFENSES) '$(TABLE_ATTACKS)' hydra.sweep.dir=multirun_outputs/privacy_utility_digits
 	$(PY) -m mia_bench.report multirun_outputs/privacy_utility_digits --order $(DEFENSES)
 
-privacy-table-mnist: ## every defense on the MNIST test split (IDX files in $(MNIST)); 4000-record population, K=8 (~40 min)
+privacy-table-mnist: ## every defense on the MNIST test split (IDX files in $(MNIST)); 4000-record population, K=16, no crops (~45 min)
 	$(PY) -m mia_bench -m defense=$(DEFENSES) '$(TABLE_ATTACKS)' dataset=idx dataset.loader.path=$(MNIST) \
-		dataset.population_size=4000 num_models=8 train.epochs=20 hydra.sweep.dir=multirun_outputs/privacy_utility_mnist
+		dataset.population_size=4000 num_models=16 train.epochs=30 dataset.train_augment.crop_padding=0 \
+		hydra.sweep.dir=multirun_outputs/privacy_utility_mnist
 	$(PY) -m mia_bench.report multirun_outputs/privacy_utility_mnist --order $(DEFENSES)
 
 clean:              ## remove run outputs (keeps datasets)

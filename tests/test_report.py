@@ -182,3 +182,56 @@ def test_report_cli_writes_every_output(sweep, capsys):
     assert "| digits | mlp | 2.7 [2.2, 3.2] · 96.5% |" in (sweep / "pivot.md").read_text()
     assert main([str(sweep), "--attack", "nope"]) == 2
     assert "--attack 'nope': not among the attacks of these runs (lira_online, loss, rmia)" in capsys.readouterr().err
+
+
+def test_compare_to_reference_uses_the_standard_error_of_the_difference():
+    import pandas as pd
+
+    from mia_bench.report.aggregate import compare_to_reference
+
+    ref = pd.Series({"auc_mean": 0.60, "auc_std": 0.02, "n_targets": 8})
+    se = (2 * 0.02**2 / 8) ** 0.5  # 0.01
+    assert compare_to_reference(pd.Series({"auc_mean": 0.60 - 2.1 * se, "auc_std": 0.02, "n_targets": 8}), ref) == "↓"
+    assert compare_to_reference(pd.Series({"auc_mean": 0.60 - 1.9 * se, "auc_std": 0.02, "n_targets": 8}), ref) == "="
+    assert compare_to_reference(pd.Series({"auc_mean": 0.60 + 2.1 * se, "auc_std": 0.02, "n_targets": 8}), ref) == "↑"
+    # fewer targets, wider error: the same difference is no longer significant
+    few = pd.Series({"auc_mean": 0.60 - 2.1 * se, "auc_std": 0.02, "n_targets": 2})
+    assert compare_to_reference(few, ref) == "="
+
+
+def test_privacy_utility_table_marks_each_attack_against_the_undefended_cell():
+    import pandas as pd
+
+    from mia_bench.report.aggregate import privacy_utility_table
+
+    def rec(defense, attack, auc):
+        return {
+            "dataset": "d",
+            "model": "m",
+            "defense": defense,
+            "attack": attack,
+            "test_acc_mean": 0.9,
+            "test_acc_std": 0.01,
+            "auc_mean": auc,
+            "auc_std": 0.01,
+            "n_targets": 8,
+            "tpr_at_fpr_0.01_mean": 0.02,
+            "tpr_at_fpr_0.01_std": 0.01,
+        }
+
+    df = pd.DataFrame(
+        [
+            rec("none", "loss", 0.6),
+            rec("none", "rmia", 0.6),
+            rec("dp", "loss", 0.5),
+            rec("dp", "rmia", 0.601),
+            rec("ls", "loss", 0.7),
+            rec("ls", "rmia", 0.6),
+        ]
+    )
+    table = privacy_utility_table(df, ["loss", "rmia"])
+    rows = {line.split(" | ")[2]: line for line in table.splitlines() if line.startswith("| d ")}
+    assert "(reference)" in rows["none"]
+    assert "| ↓ = |" in rows["dp"]
+    assert "| ↑ = |" in rows["ls"]
+    assert "AUC vs none" in table.splitlines()[0]

@@ -55,15 +55,22 @@ def privacy_utility_table(
     df: pd.DataFrame,
     attacks: Sequence[str] = ("loss", "lira_online", "rmia"),
     order: Sequence[str] | None = None,
+    reference: str = "none",
+    z: float = 2.0,
 ) -> str:
     """Markdown: one row per (dataset, model, defense); test accuracy, then AUC and TPR at 1% FPR of each attack,
-    mean ± std over target models; defense-reported figures (epsilon, sparsity) in the last column."""
+    mean ± std over target models; whether each attack's AUC is below the ``reference`` (undefended) cell's; and
+    defense-reported figures (epsilon, sparsity) in the last column."""
     header = ["dataset", "model", "defense", "test acc (%)"]
     for a in attacks:
         header += [f"{a} AUC", f"{a} TPR@1%FPR (%)"]
-    header.append("defense reports")
+    header += [f"AUC vs {reference}", "defense reports"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     keys = ["dataset", "model", "defense"]
+    baseline = {
+        (str(r["dataset"]), str(r["model"]), str(r["attack"])): r
+        for _, r in df[df["defense"].astype(str) == reference].iterrows()
+    }
     rank = {d: i for i, d in enumerate(defense_order(df["defense"].astype(str).unique(), order))}
     groups = sorted(df.groupby(keys, sort=False), key=lambda kv: (kv[0][0], kv[0][1], rank[str(kv[0][2])]))
     for (dataset, model, defense), g in groups:
@@ -75,10 +82,45 @@ def privacy_utility_table(
             cells += (
                 ["–", "–"] if r is None else [mean_std(r, "auc"), mean_std(r, "tpr_at_fpr_0.01", pct=True, digits=2)]
             )
+        if str(defense) == reference:
+            cells.append("(reference)")
+        else:
+            marks = []
+            for a in attacks:
+                r, b = by_attack.get(a), baseline.get((str(dataset), str(model), a))
+                marks.append("–" if r is None or b is None else compare_to_reference(r, b, "auc", z))
+            cells.append(" ".join(marks))
         extra = {k.split("/", 1)[1]: v for k, v in first.items() if k.startswith("defense/") and pd.notna(v)}
         cells.append(", ".join(f"{k} {_short(v)}" for k, v in extra.items()) or "")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    legend = (
+        f"\n*AUC vs {reference}*: per attack ({', '.join(attacks)}), the defense's AUC is lower (↓), higher (↑) "
+        f"or within {z:g} standard errors (=) of the undefended cell's; standard errors from the std over target "
+        "models. ↓ everywhere means the defense reduces the leak these attacks measure; = or ↑ means it does not.\n"
+    )
+    return "\n".join(lines) + "\n" + legend
+
+
+def compare_to_reference(row: pd.Series, ref: pd.Series, metric: str = "auc", z: float = 2.0) -> str:
+    """``↓``, ``↑`` or ``=``: is ``row``'s mean metric below, above, or within ``z`` standard errors of ``ref``'s?
+
+    The standard error of the difference is ``sqrt(s1^2/n1 + s2^2/n2)`` from each cell's std over its ``n_targets``
+    target models (a Welch-style comparison: the two cells' targets are different trained models)."""
+    m1, s1, n1 = (
+        float(row.get(f"{metric}_mean")),
+        float(row.get(f"{metric}_std") or 0.0),
+        int(row.get("n_targets") or 1),
+    )
+    m2, s2, n2 = (
+        float(ref.get(f"{metric}_mean")),
+        float(ref.get(f"{metric}_std") or 0.0),
+        int(ref.get("n_targets") or 1),
+    )
+    se = math.sqrt(s1**2 / n1 + s2**2 / n2)
+    diff = m1 - m2
+    if se == 0.0:
+        return "=" if diff == 0.0 else ("↓" if diff < 0 else "↑")
+    return "↓" if diff < -z * se else "↑" if diff > z * se else "="
 
 
 def _short(v: float) -> str:
