@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mia_bench import __version__
 from mia_bench.analysis import run_analyses, training_callbacks
-from mia_bench.attacks.evaluate import evaluate
+from mia_bench.attacks.evaluate import evaluate, plan_references
 from mia_bench.augment import query_offsets
 from mia_bench.data.base import ArrayData, RawDataset
 from mia_bench.data.splits import Splits, make_masks, make_splits
@@ -53,6 +53,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
     # 2. Masks: which records each of the K models trains on. The null test trains on one half of the
     # population and scores the other half, which no model saw, against random fake masks.
     train_pool, audit, train_masks, audit_masks = membership(splits.population, cfg)
+    plan_references(audit_masks, attacks, targets)  # an attack that would get no reference models fails now
     splits.population = train_pool
     log.info(
         "%s: %d population records (%d scored), %d test records, %d classes, K=%d models",

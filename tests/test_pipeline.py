@@ -43,7 +43,7 @@ def test_tiny_run_writes_every_output(compose_cfg, tmp_path):
                 )
         assert 0.5 < rec["test_acc_mean"] <= 1.0 and rec["train_acc_mean"] >= rec["test_acc_mean"] - 0.05
     sig = Signals.load(tmp_path / "signals.npz")
-    assert sig.logits.shape == (4, 1300, 5, 10)  # 1300 digits; the clean query and 4 shifts
+    assert sig.logits.shape == (4, 1300, 1, 10)  # 1300 digits; the clean query only (digits: query_augment.shift=0)
     assert np.array_equal(sig.masks, np.load(tmp_path / "masks.npy"))
 
 
@@ -73,6 +73,19 @@ def test_null_membership_gives_chance_auc(compose_cfg):
     for rec in records:
         assert rec["auc_ci_low"] <= 0.5 <= rec["auc_ci_high"], (rec["attack"], rec["auc_mean"])
         assert abs(rec["auc_mean"] - 0.5) < 0.05, rec["attack"]
+
+
+def test_too_few_reference_models_fail_before_training(compose_cfg, monkeypatch):
+    """K=2 leaves LiRA no reference model: the run must say so at once, not after training every model."""
+    import mia_bench.pipeline as pipeline
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained before checking the attacks' reference models")
+
+    monkeypatch.setattr(pipeline, "train_models", never)
+    cfg = compose_cfg([*TINY, "num_models=2", "evaluation.targets=1", "attack=[loss,lira_offline]"])
+    with pytest.raises(ValueError, match=r"lira_offline.*K=2.*K >= 4"):
+        run(cfg)
 
 
 def _options(group: str) -> list[str]:

@@ -131,17 +131,11 @@ def _scores(attack: Attack, name: str, signals: Signals, target: int, reference:
     return s
 
 
-def evaluate(signals: Signals, attacks: Mapping[str, Attack], targets: Sequence[int], *,
-             n_bootstrap: int = 200, confidence: float = 0.95, seed: int = 0,
-             exclude_partner: bool = True) -> EvaluationResult:
-    """Score every target with every attack and aggregate the metrics (see the module docstring)."""
-    k, n = signals.num_models, signals.num_records
-    targets = _check_targets(targets, k)
-    if k < 2:
-        raise ValueError(f"evaluate needs at least 2 models (a target and a calibration shadow); got K={k}")
-    if n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be >= 0; got {n_bootstrap}")
-    masks = signals.masks
+def plan_references(masks: np.ndarray, attacks: Mapping[str, Attack], targets: Sequence[int],
+                    exclude_partner: bool = True) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray]]]:
+    """Each target's calibration shadow and the reference models of (target, shadow); raises when an attack that
+    needs reference models would get none. Depends on the masks only, so the pipeline calls it before training."""
+    k = masks.shape[0]
     shadows = [calibration_shadow(masks, t) for t in targets]
     refs = [(reference_models(masks, t, exclude_partner=exclude_partner),
              reference_models(masks, s, (t,), exclude_partner=exclude_partner))
@@ -153,6 +147,21 @@ def evaluate(signals: Signals, attacks: Mapping[str, Attack], targets: Sequence[
             f"attacks {needs_ref} need reference models besides the target, its calibration shadow"
             + (" and their complementary partners" if exclude_partner else "")
             + f", and K={k} models leave none: use more models (K >= 4 with paired masks)")
+    return shadows, refs
+
+
+def evaluate(signals: Signals, attacks: Mapping[str, Attack], targets: Sequence[int], *,
+             n_bootstrap: int = 200, confidence: float = 0.95, seed: int = 0,
+             exclude_partner: bool = True) -> EvaluationResult:
+    """Score every target with every attack and aggregate the metrics (see the module docstring)."""
+    k, n = signals.num_models, signals.num_records
+    targets = _check_targets(targets, k)
+    if k < 2:
+        raise ValueError(f"evaluate needs at least 2 models (a target and a calibration shadow); got K={k}")
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be >= 0; got {n_bootstrap}")
+    masks = signals.masks
+    shadows, refs = plan_references(masks, attacks, targets, exclude_partner)
     labels = masks[targets]
     counts = bootstrap_counts(n, n_bootstrap, seed) if n_bootstrap > 0 else None
     grid = log_fpr_grid()
