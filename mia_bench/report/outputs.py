@@ -16,13 +16,8 @@ from rich.table import Table  # noqa: E402
 from mia_bench.io import atomic_write_bytes  # noqa: E402
 
 
-def plot_roc(rocs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> None:
-    """Log-log ROC of every attack (mean TPR over targets on a log FPR grid), as LiRA plots it: the region
-    that matters for privacy is the low-FPR corner, invisible on linear axes."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    colors = plt.cm.tab20(np.linspace(0, 1, 20))
-    for i, (name, (fpr, tpr)) in enumerate(sorted(rocs.items())):
-        ax.plot(fpr, tpr, label=name, lw=1.4, color=colors[(2 * i) % 20 + (i // 10) % 2])
+def loglog_roc_axes(ax, title: str) -> None:
+    """Chance diagonal, log-log axes down to 1e-4, labels and legend: shared by the run's and the report's ROCs."""
     grid = np.logspace(-5, 0, 100)
     ax.plot(grid, grid, ls="--", color="gray", lw=1, label="chance")
     ax.set_xscale("log")
@@ -34,6 +29,16 @@ def plot_roc(rocs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, t
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(True, which="major", alpha=0.3)
+
+
+def plot_roc(rocs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> None:
+    """Log-log ROC of every attack (mean TPR over targets on a log FPR grid), as LiRA plots it: the region
+    that matters for privacy is the low-FPR corner, invisible on linear axes."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    colors = plt.cm.tab20(np.linspace(0, 1, 20))
+    for i, (name, (fpr, tpr)) in enumerate(sorted(rocs.items())):
+        ax.plot(fpr, tpr, label=name, lw=1.4, color=colors[(2 * i) % 20 + (i // 10) % 2])
+    loglog_roc_axes(ax, title)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130)

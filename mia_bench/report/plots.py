@@ -17,6 +17,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from mia_bench.io import atomic_write_bytes  # noqa: E402
 from mia_bench.report.aggregate import METRICS, STRONGEST, defense_order, pick_attack, row_keys  # noqa: E402
+from mia_bench.report.outputs import loglog_roc_axes  # noqa: E402
 
 log = logging.getLogger(__name__)
 MARKERS = "osD^vP*Xh<>p"
@@ -157,18 +158,8 @@ def roc_overlays(
             if attack == STRONGEST:
                 label += f" [{r['attack']}]"
             ax.plot(fpr, tpr, lw=1.4, color=colors[str(r["defense"])], ls=style_of[_group_label(r, keys)], label=label)
-        grid = np.logspace(-5, 0, 100)
-        ax.plot(grid, grid, ls="--", color="gray", lw=1, label="chance")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(1e-4, 1)
-        ax.set_ylim(1e-4, 1)
-        ax.set_xlabel("False positive rate")
-        ax.set_ylabel("True positive rate")
         what = "strongest attack per run" if attack == STRONGEST else attack
-        ax.set_title(f"{dataset}: {what}, one curve per defense", fontsize=10)
-        ax.legend(fontsize=7, loc="lower right")
-        ax.grid(True, which="major", alpha=0.3)
+        loglog_roc_axes(ax, f"{dataset}: {what}, one curve per defense")
         fig.tight_layout()
         path = Path(out_dir) / f"roc_{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(dataset))}.png"
         _save(fig, path)
