@@ -388,4 +388,8 @@ __all__ = ["Cache", "Entry", "EntryInfo", "default_dir", "digest", "main"]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `python -m mia_bench.cache list | head` closed the pipe early: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        sys.exit(0)
