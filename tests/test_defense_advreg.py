@@ -21,15 +21,6 @@ from tests.conftest import TINY
 SMALL_H = {"probs_hidden": [16], "label_hidden": [8], "combine_hidden": [8]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models train several times faster on one thread than on two contended ones (as the pipeline's
-    cpu_threads=1 default does)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _data(n: int, seed: int = 0, offset: float = 0.0):
     g = torch.Generator().manual_seed(seed)

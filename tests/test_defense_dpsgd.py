@@ -21,15 +21,6 @@ from mia_bench.defenses.dpsgd import DPSGDModule, PoissonBatchLoader, default_de
 from mia_bench.models import create_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train an order of magnitude faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _data(n: int = 200, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 1, 4, 4, generator=g), torch.randint(0, 3, (n,), generator=g)

@@ -17,15 +17,6 @@ from mia_bench.models import create_model
 from mia_bench.training import TensorBatchLoader
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train an order of magnitude faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _module(**kwargs) -> MIDModule:
     model = create_model("mlp", input_shape=(1, 4, 4), num_classes=3, hidden=[16])
     return MIDModule(model, optimizer=partial(torch.optim.Adam, lr=3e-3), **kwargs)

@@ -20,16 +20,6 @@ from mia_bench.training import ClassifierModule, TensorBatchLoader
 from tests.conftest import TINY
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models train several times faster on one thread than on two contended ones (as the pipeline's
-    cpu_threads=1 default does)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _data(n: int = 96, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 4, (n,), generator=g)

@@ -18,15 +18,6 @@ from mia_bench.models import create_model
 from mia_bench.training import TensorBatchLoader
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train an order of magnitude faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _data(n: int = 50, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 1, 4, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
