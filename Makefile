@@ -1,7 +1,7 @@
 # Common tasks. Set-up once with `pip install -e ".[dev]"` (see README).
 PY ?= python
 
-.PHONY: install run test lint bench privacy-table privacy-table-mnist clean
+.PHONY: install run test test-fast lint bench privacy-table privacy-table-mnist clean
 
 install:            ## install the package and the test tools (editable)
 	$(PY) -m pip install -e ".[dev]"
@@ -9,8 +9,11 @@ install:            ## install the package and the test tools (editable)
 run:                ## the offline default cell (digits, MLP, no defense, every attack)
 	$(PY) -m mia_bench
 
-test:               ## the test suite (< 10 min on 2 CPU cores)
+test:               ## the whole test suite (about 4 min on 2 CPU cores)
 	$(PY) -m pytest
+
+test-fast:          ## the fast tier: every module, no multi-cell runs or subprocesses (< 2 min on 2 cores)
+	$(PY) -m pytest -m "not slow"
 
 lint:               ## ruff
 	$(PY) -m ruff check mia_bench tests benchmarks

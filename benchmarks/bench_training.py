@@ -11,21 +11,18 @@ import argparse
 import logging
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from mia_bench.augment import random_crop_flip
-from mia_bench.data.splits import make_masks
+from mia_bench.config import compose
+from mia_bench.data.splits import make_masks, model_seed
 from mia_bench.pipeline import load_data
 from mia_bench.training.loader import TensorBatchLoader
-from mia_bench.training.train import build_module, model_seed, train_models
-
-CONF = Path(__file__).resolve().parent.parent / "conf"
+from mia_bench.training.train import Recipe, build_module, train_models
 
 CELLS = {
     "default (digits, mlp, 60 epochs)": [],
@@ -48,7 +45,7 @@ def plain_loop(cfg, splits, masks, indices) -> None:
     for k in indices:
         seed = model_seed(cfg.seed, k)
         torch.manual_seed(seed)
-        module = build_module(cfg, splits)
+        module = build_module(Recipe.from_config(cfg), splits)
         model = module.model
         opt = instantiate(cfg.train.module.optimizer)(model.parameters())
         member = torch.from_numpy(np.flatnonzero(masks[k]))
@@ -77,30 +74,24 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
-    with (
-        initialize_config_dir(config_dir=str(CONF), version_base="1.3"),
-        tempfile.TemporaryDirectory() as tmp,
-    ):
+    with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in CELLS.items():
-            cfg = compose(
-                "config",
-                overrides=[
-                    *overrides,
-                    f"paths.output_dir={tmp}",
-                    "logger=none",
-                    "trainer.enable_progress_bar=false",
-                    f"num_models={args.models}",
-                    "trainer.accelerator=cpu",
-                ],
-            )
+            cfg = compose([
+                *overrides,
+                f"paths.output_dir={tmp}",
+                "logger=none",
+                "trainer.enable_progress_bar=false",
+                f"num_models={args.models}",
+                "trainer.accelerator=cpu",
+            ])
             torch.set_num_threads(int(cfg.cpu_threads or torch.get_num_threads()))
-            _, splits = load_data(cfg)
+            _, splits = load_data(cfg.dataset, cfg.seed)
             masks = make_masks(len(splits.population), cfg.num_models, "paired", cfg.seed)
             idx = list(range(cfg.num_models))
             best_l, best_p = float("inf"), float("inf")
             for _ in range(args.repeats):  # alternate so that machine noise hits both sides alike
                 t0 = time.perf_counter()
-                train_models(cfg, splits, masks, Path(tmp), idx)
+                train_models(Recipe.from_config(cfg), splits, masks, idx)
                 best_l = min(best_l, time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 plain_loop(cfg, splits, masks, idx)

@@ -1,11 +1,10 @@
 """The one top-level flow of a benchmark cell: data -> train K models -> signals -> attacks -> metrics -> report.
 
-Read this file to know what a run does; every step is a call into one module.
+Read this file to know what a run does; every step is a call into one module, which gets the config nodes it needs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -16,17 +15,20 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mia_bench import __version__
-from mia_bench.analysis import run_analyses, training_callbacks
+from mia_bench.analyses import Analysis, RunInfo, build_analyses
+from mia_bench.atomic import atomic_write_text, write_json
+from mia_bench.attacks.base import Attack
 from mia_bench.attacks.evaluate import evaluate, plan_references
 from mia_bench.augment import query_offsets
+from mia_bench.cache.keys import describe_recipe
+from mia_bench.cache.models import ModelCache, open_cache
 from mia_bench.data.base import ArrayData, RawDataset
-from mia_bench.data.splits import Splits, make_masks, make_splits
-from mia_bench.io import atomic_write_text
+from mia_bench.data.splits import Splits, make_splits, membership
+from mia_bench.loggers import logger_kind
 from mia_bench.report.outputs import log_to_wandb, plot_roc, print_table, save_roc_curves
 from mia_bench.signals import Signals
-from mia_bench.training.cache import RunCache, open_cache
-from mia_bench.training.predict import accuracy, collect_logits
-from mia_bench.training.train import TrainedModel, shard_indices, train_models
+from mia_bench.training.query import accuracy, collect_logits
+from mia_bench.training.train import Recipe, TrainedModel, shard_indices, train_models
 
 log = logging.getLogger(__name__)
 
@@ -34,179 +36,169 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
     """Run one cell and write its outputs to ``cfg.paths.output_dir``; returns the metrics records."""
     t_start = time.perf_counter()
+    choices = dict(choices or {})
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    choices = dict(choices or {})
     if cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    # Fail on a bad attack or target choice now, not after training.
-    attacks = {name: instantiate(node) for name, node in (cfg.attack or {}).items()}
-    if not attacks:
-        raise ValueError("no attack selected: choose e.g. attack=all, attack=lira or attack=[loss,rmia]")
+    # Fail on a bad attack, target, shard or analysis now, not after training.
+    attacks = build_attacks(cfg.attack)
     targets = resolve_targets(cfg.evaluation.targets, cfg.num_models)
-    shard = shard_indices(cfg)  # shard.count > 1: this job only trains its share of the K models into the cache
+    cache_on = bool((cfg.get("cache") or {}).get("enabled", False))
+    shard = shard_indices(cfg.get("shard"), cfg.num_models, cache_on)  # a shard job trains its share, then stops
+    analyses = build_analyses(cfg.get("analysis"))
 
     # 1. Data: population (membership is defined over it), test (utility), public (defenses' own data).
-    raw, splits = load_data(cfg)
-    # 2. Masks: which records each of the K models trains on. The null test trains on one half of the
-    # population and scores the other half, which no model saw, against random fake masks.
-    train_pool, audit, train_masks, audit_masks = membership(splits.population, cfg)
+    raw, splits = load_data(cfg.dataset, cfg.seed)
+    # 2. Masks: which records each of the K models trains on; the null test scores records no model saw.
+    train_pool, audit, train_masks, audit_masks = membership(
+        splits.population, cfg.num_models, cfg.membership.scheme, cfg.membership.seed, cfg.evaluation.null_test)
     plan_references(audit_masks, attacks, targets)  # an attack that would get no reference models fails now
     splits.population = train_pool
-    log.info(
-        "%s: %d population records (%d scored), %d test records, %d classes, K=%d models",
-        splits.name,
-        len(train_pool),
-        len(audit),
-        len(splits.test),
-        splits.num_classes,
-        cfg.num_models,
-    )
+    queries = attacker_queries(raw, cfg.dataset.get("query_augment"))
+    info = RunInfo(cfg.num_models, cfg.train.epochs, cfg.seed, cfg.model, cfg.evaluation.null_test, audit, queries)
+    for analysis in analyses.values():
+        analysis.setup(info)
+    log.info("%s: %d population records (%d scored), %d test records, %d classes, K=%d models", splits.name,
+             len(train_pool), len(audit), len(splits.test), splits.num_classes, cfg.num_models)
 
-    # 3. Train all K models with the same recipe (analyses may record signals while they train). Models are
-    # cached under a hash of everything that determines them: stored ones are loaded, not retrained.
-    cache = open_cache(cfg, population=train_pool, audit=audit, test=splits.test, public=splits.public)
-    aug = cfg.dataset.get("query_augment") or {}
-    queries = (
-        query_offsets(int(aug.get("shift", 0)), bool(aug.get("hflip", False)))
-        if raw.is_image
-        else query_offsets()
-    )
-    trained = train_models(
-        cfg,
-        splits,
-        train_masks,
-        out,
-        indices=shard,
-        extra_callbacks=training_callbacks(cfg, audit, queries),
-        cache=cache,
-    )
+    # 3. Train all K models with the same recipe. Models are cached under a hash of everything that determines
+    # them (what analyses record while training included): stored ones are loaded, not retrained.
+    recorded = {name: r for name, a in analyses.items() if (r := a.recorded()) is not None}
+    cache = open_cache(cfg.get("cache"), describe_recipe(cfg, recorded), population=train_pool, audit=audit,
+                       test=splits.test, public=splits.public)
+    trained = train_models(Recipe.from_config(cfg), splits, train_masks, shard, callbacks_for(analyses), cache)
     t_trained = time.perf_counter()
-    if shard is not None:  # a shard job stops here; the attack stage (shard.count=1) loads every model
+    if shard is not None:  # the attack stage (shard.count=1) loads every model from the cache
         return finish_shard(cfg, trained, out, t_start)
 
-    # 4. Signals: every model queried on every scored record under every query augmentation; cached with the
-    # models' accuracies, so a run that changes only the attack neither trains nor queries.
-    signals, test_acc, train_acc = query_models(cfg, trained, splits, audit, audit_masks, train_masks, queries, cache)
+    # 4. Signals: every model on every scored record under every query augmentation, through its predict path;
+    # cached with the models' accuracies, so a run that changes only the attack neither trains nor queries.
+    signals, test_acc, train_acc = query_models(cfg.signals, trained, splits, audit, audit_masks, train_masks,
+                                                queries, cache)
     signals.save(out / "signals.npz")
     np.save(out / "masks.npy", audit_masks)
+
+    # 5-6. Attacks over the signals, metrics over target models.
+    ev = cfg.evaluation
+    result = evaluate(signals, attacks, targets, n_bootstrap=ev.n_bootstrap, confidence=ev.confidence, seed=cfg.seed)
+
+    # 7. Analyses across training (+analysis=...): their own files, summary figures into metrics.json.
+    summary = {}
+    for analysis in analyses.values():
+        summary.update(analysis.run(trained, signals, audit_masks, out))
+
+    # 8. Outputs: metrics.json (one flat record per attack with the cell's context), ROC, table, W&B.
     utility = utility_metrics(trained, test_acc, train_acc)
+    context = cell_context(cfg, choices, splits.name, len(queries), utility, round(t_trained - t_start, 2))
+    context.update(models_from_cache=sum(m.from_cache for m in trained), **summary)
+    records = [{**context, **rec} for rec in result.records]
+    write_outputs(out, records, result.rocs, choices, wandb=logger_kind(cfg.get("logger")) == "wandb")
+    log.info("wrote %s (%.1fs total)", out, time.perf_counter() - t_start)
+    return records
 
-    # 5-6. Attacks over the saved signals, metrics over target models.
-    result = evaluate(
-        signals,
-        attacks,
-        targets,
-        n_bootstrap=cfg.evaluation.n_bootstrap,
-        confidence=cfg.evaluation.confidence,
-        seed=cfg.seed,
-    )
 
-    # 7. Analyses across training (+analysis=dynamics): their own files, summary figures into metrics.json.
-    analysis = run_analyses(cfg, trained, signals, audit_masks, out)
+def build_attacks(node: DictConfig | None) -> dict[str, Attack]:
+    """The selected attacks by name (``attack=all``, ``attack=lira``, ``attack=[loss,rmia]``)."""
+    attacks = {name: instantiate(sub) for name, sub in (node or {}).items()}
+    if not attacks:
+        raise ValueError("no attack selected: choose e.g. attack=all, attack=lira or attack=[loss,rmia]")
+    return attacks
 
-    # 8. Outputs.
-    context = {
-        "dataset": choices.get("dataset", splits.name),
+
+def cell_context(cfg: DictConfig, choices: dict, dataset: str, num_queries: int, utility: dict,
+                 train_seconds: float) -> dict:
+    """What every metrics record of the cell carries besides the attack's own figures."""
+    return {
+        "dataset": choices.get("dataset", dataset),
         "model": choices.get("model", str(cfg.model.get("name", ""))),
         "defense": choices.get("defense", str(cfg.defense.get("name", ""))),
         "num_models": int(cfg.num_models),
-        "num_queries": len(queries),
+        "num_queries": num_queries,
         "null_test": bool(cfg.evaluation.null_test),
         "seed": int(cfg.seed),
         "version": __version__,
         **{f"choice/{k}": v for k, v in choices.items()},
         **utility,
-        "train_seconds": round(t_trained - t_start, 2),
-        "models_from_cache": sum(m.from_cache for m in trained),
-        **analysis,
+        "train_seconds": train_seconds,
     }
-    records = [{**context, **rec} for rec in result.records]
-    atomic_write_text(out / "metrics.json", json.dumps(records, indent=2, default=_json_default))
-    save_roc_curves(result.rocs, out / "roc_curves.npz")
-    plot_roc(
-        result.rocs,
-        out / "roc.png",
-        title=f"{context['dataset']} / {context['model']} / {context['defense']}",
-    )
+
+
+def write_outputs(out: Path, records: list[dict], rocs: dict, choices: dict, wandb: bool) -> None:
+    """metrics.json, the ROC curves and plot, the console table, and the W&B summary when logging there."""
+    write_json(out / "metrics.json", records)
+    save_roc_curves(rocs, out / "roc_curves.npz")
+    r0 = records[0]
+    plot_roc(rocs, out / "roc.png", title=f"{r0['dataset']} / {r0['model']} / {r0['defense']}")
     print_table(records)
-    if cfg.get("logger") is not None and str(cfg.logger.get("_target_", "")).endswith("WandbLogger"):
+    if wandb:
         log_to_wandb(records, out / "roc.png", choices)
-    log.info("wrote %s (%.1fs total)", out, time.perf_counter() - t_start)
-    return records
 
 
-def load_data(cfg: DictConfig) -> tuple[RawDataset, Splits]:
-    """The dataset as loaded, and its population / test / public splits as the config asks."""
-    raw = instantiate(cfg.dataset.loader)
-    splits = make_splits(
-        raw,
-        population_size=cfg.dataset.population_size,
-        test_size=cfg.dataset.test_size,
-        public_size=cfg.dataset.public_size,
-        seed=cfg.seed,
-    )
+def load_data(dataset: DictConfig, seed: int) -> tuple[RawDataset, Splits]:
+    """The dataset as loaded, and its population / test / public splits as the ``dataset`` node asks."""
+    raw = instantiate(dataset.loader)
+    splits = make_splits(raw, population_size=dataset.population_size, test_size=dataset.test_size,
+                         public_size=dataset.public_size, seed=seed)
     return raw, splits
 
 
-def membership(population: ArrayData, cfg: DictConfig) -> tuple[ArrayData, ArrayData, np.ndarray, np.ndarray]:
-    """Returns (records to train on, records to score, training masks, ground-truth masks of scored records)."""
-    scheme, seed, k = cfg.membership.scheme, cfg.membership.seed, cfg.num_models
-    if not cfg.evaluation.null_test:
-        masks = make_masks(len(population), k, scheme, seed)
-        return population, population, masks, masks
-    perm = torch.randperm(len(population), generator=torch.Generator().manual_seed(int(seed) + 7919))
-    half = len(population) // 2
-    train_pool = population.subset(perm[:half].sort().values)
-    audit = population.subset(perm[half:].sort().values)
-    return (
-        train_pool,
-        audit,
-        make_masks(len(train_pool), k, scheme, seed),
-        make_masks(len(audit), k, scheme, seed + 1),
-    )
+def attacker_queries(raw: RawDataset, augment: DictConfig | None) -> list[tuple[int, int, bool]]:
+    """The attacker's query augmentations (``dataset.query_augment``; images only); the first is the clean query."""
+    if not raw.is_image or not augment:
+        return query_offsets()
+    return query_offsets(int(augment.get("shift", 0)), bool(augment.get("hflip", False)))
+
+
+def callbacks_for(analyses: dict[str, Analysis]):
+    """``fn(k)``: the callbacks the selected analyses add to model k's training (None when there are none)."""
+    if not analyses:
+        return None
+    return lambda k: [cb for a in analyses.values() for cb in a.callbacks(k)]
 
 
 def query_models(
-    cfg: DictConfig,
+    node: DictConfig,
     trained: list[TrainedModel],
     splits: Splits,
     audit: ArrayData,
     audit_masks: np.ndarray,
     train_masks: np.ndarray,
     queries: list,
-    cache: RunCache | None,
+    cache: ModelCache | None,
 ) -> tuple[Signals, np.ndarray, np.ndarray]:
     """The signals (every model on every scored record under every query) and each model's test and train
-    accuracy through its predict path; from the cache when these models' signals are stored."""
-    dtype = np.dtype(cfg.signals.dtype)
+    accuracy through its predict path; from the cache when these models' signals are stored. ``node``: the
+    ``signals`` config (dtype, batch_size)."""
+    dtype = np.dtype(node.dtype)
     key = cache.signals_key([m.key for m in trained], audit, audit_masks, queries, dtype) if cache else None
     hit = cache.load_signals(key) if cache else None
     if hit is not None:
         log.info("signals and utility of the %d models loaded from the cache", len(trained))
         signals = Signals(logits=hit["logits"], labels=hit["labels"], masks=hit["masks"])
         return signals, hit["test_acc"], hit["train_acc"]
-    logits = np.stack([collect_logits(m.module, audit.x, queries, cfg.signals.batch_size, dtype) for m in trained])
+    logits = np.stack([collect_logits(m.module.predict_logits, audit.x, queries, node.batch_size, dtype)
+                       for m in trained])
     signals = Signals(logits=logits, labels=audit.y.numpy(), masks=audit_masks)
-    test_acc, train_acc = model_accuracies(trained, splits, train_masks, cfg)
+    test_acc, train_acc = model_accuracies(trained, splits, train_masks, node.batch_size)
     if cache is not None:
         arrays = {"logits": logits, "labels": signals.labels, "masks": audit_masks, "test_acc": test_acc}
         cache.save_signals(key, {**arrays, "train_acc": train_acc})
     return signals, test_acc, train_acc
 
 
-def model_accuracies(trained, splits, train_masks: np.ndarray, cfg: DictConfig) -> tuple[np.ndarray, np.ndarray]:
+def model_accuracies(
+    trained: list[TrainedModel], splits: Splits, train_masks: np.ndarray, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Test and train accuracy of every model through its predict path."""
     test, train = [], []
     for m in trained:
-        test_logits = collect_logits(m.module, splits.test.x, query_offsets(), cfg.signals.batch_size)[:, 0]
+        test_logits = collect_logits(m.module.predict_logits, splits.test.x, batch_size=batch_size)[:, 0]
         test.append(accuracy(test_logits, splits.test.y.numpy()))
         member = np.flatnonzero(train_masks[m.index])
-        tr_logits = collect_logits(
-            m.module, splits.population.x[member], query_offsets(), cfg.signals.batch_size
-        )
+        tr_logits = collect_logits(m.module.predict_logits, splits.population.x[member], batch_size=batch_size)
         train.append(accuracy(tr_logits[:, 0], splits.population.y[member].numpy()))
     return np.array(test, dtype=np.float64), np.array(train, dtype=np.float64)
 
@@ -239,14 +231,9 @@ def finish_shard(cfg: DictConfig, trained: list[TrainedModel], out: Path, t_star
         "seconds": round(time.perf_counter() - t_start, 2),
         "version": __version__,
     }
-    atomic_write_text(out / "shard.json", json.dumps(marker, indent=2))
-    log.info(
-        "shard %s: models %s are in the cache %s; run again without shard.* to attack (%.1fs)",
-        marker["shard"],
-        marker["models"],
-        marker["cache_dir"],
-        marker["seconds"],
-    )
+    write_json(out / "shard.json", marker)
+    log.info("shard %s: models %s are in the cache %s; run again without shard.* to attack (%.1fs)",
+             marker["shard"], marker["models"], marker["cache_dir"], marker["seconds"])
     return []
 
 
@@ -254,26 +241,14 @@ def resolve_targets(targets, num_models: int) -> list[int]:
     """``evaluation.targets``: an int n (the first n models), 'all', or an explicit list of model indices."""
     if isinstance(targets, str):
         if targets != "all":
-            raise ValueError(
-                f"evaluation.targets={targets!r}: expected an int, 'all' or a list of model indices"
-            )
+            raise ValueError(f"evaluation.targets={targets!r}: expected an int, 'all' or a list of model indices")
         return list(range(num_models))
     if isinstance(targets, int):
         if not 1 <= targets <= num_models:
-            raise ValueError(
-                f"evaluation.targets={targets}: expected 1..{num_models} (num_models={num_models})"
-            )
+            raise ValueError(f"evaluation.targets={targets}: expected 1..{num_models} (num_models={num_models})")
         return list(range(targets))
     out = [int(t) for t in targets]
     bad = [t for t in out if not 0 <= t < num_models]
     if bad or not out:
         raise ValueError(f"evaluation.targets={out}: indices must lie in 0..{num_models - 1}")
     return out
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o)}")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mia_bench.io import atomic_writer
+from mia_bench.atomic import atomic_writer
 
 __all__ = ["Signals", "SignalsFileError", "derive", "make_synthetic_signals"]
 

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+from mia_bench.config import CONFIG_DIR, compose
+
+CONF = CONFIG_DIR  # the config tree (mia_bench/conf; conf/ at the repository's top level links to it)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # A tiny cell: a few models on digits for a few epochs, every output written, a few seconds on 2 cores.
 TINY = [
@@ -45,17 +47,7 @@ def compose_cfg(tmp_path):
     """compose_cfg(overrides) -> the config the CLI would build, with outputs under tmp_path."""
 
     def _compose(overrides=(), output_dir: Path | None = None):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(
-                "config",
-                overrides=[
-                    *overrides,
-                    f"paths.output_dir={output_dir or tmp_path}",
-                    f"data.root={tmp_path / 'data'}",
-                ],
-            )
+        return compose([*overrides, f"paths.output_dir={output_dir or tmp_path}", f"data.root={tmp_path / 'data'}"])
 
     yield _compose
-    GlobalHydra.instance().clear()
     logging.getLogger("lightning.pytorch").setLevel(logging.NOTSET)

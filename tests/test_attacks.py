@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import inspect
 
 import numpy as np
 import pytest
@@ -12,20 +11,13 @@ from scipy.special import softmax
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from mia_bench.attacks import (
-    ATTACKS,
-    RMIA,
-    Attack,
-    LabelOnlyAttack,
-    LiRA,
-    ModifiedEntropyAttack,
-    build_attack,
-)
+from mia_bench.attacks import RMIA, Attack, LabelOnlyAttack, LiRA, ModifiedEntropyAttack
 from mia_bench.attacks.evaluate import METRICS, calibration_shadow, evaluate, reference_models
+from mia_bench.config import attack_configs, build_attack
 from mia_bench.metrics import accuracy_at_threshold, best_threshold, roc_curve, tpr_at_fpr
 from mia_bench.signals import Signals, make_synthetic_signals
 
-CONF_ATTACK = Path(__file__).resolve().parents[1] / "conf" / "attack"
+ATTACKS = sorted(attack_configs())
 FAST = [name for name in ATTACKS if name != "shadow_model"]
 
 
@@ -375,40 +367,29 @@ def test_evaluate_all_fast_attacks_null_within_ci(null):
 
 
 # ------------------------------------------------------------------------------------------------ configs
-@pytest.fixture()
-def config_dir(tmp_path):
-    os.symlink(CONF_ATTACK, tmp_path / "attack")
-    (tmp_path / "config.yaml").write_text("defaults:\n  - attack: all\n  - _self_\n")
-    return tmp_path
-
-
-def _compose(config_dir, overrides):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
-def test_attack_groups_compose(config_dir):
-    assert list(_compose(config_dir, []).attack) == list(ATTACKS)
-    assert list(_compose(config_dir, ["attack=all"]).attack) == list(ATTACKS)
-    assert list(_compose(config_dir, ["attack=lira"]).attack) == [
+def test_attack_groups_compose(compose_cfg):
+    assert ATTACKS == [
+        "confidence", "entropy", "label_only", "lira_offline", "lira_offline_fixed_var", "lira_online",
+        "lira_online_fixed_var", "loss", "modified_entropy", "rmia", "rmia_offline", "shadow_model"]
+    assert list(compose_cfg([]).attack) == ATTACKS
+    assert list(compose_cfg(["attack=all"]).attack) == ATTACKS
+    assert list(compose_cfg(["attack=lira"]).attack) == [
         "lira_online", "lira_offline", "lira_online_fixed_var", "lira_offline_fixed_var"]
-    assert list(_compose(config_dir, ["attack=threshold"]).attack) == [
-        "loss", "confidence", "entropy", "modified_entropy"]
-    assert list(_compose(config_dir, ["attack=fast"]).attack) == FAST
-    assert list(_compose(config_dir, ["attack=[loss,rmia]"]).attack) == ["loss", "rmia"]
-    assert list(_compose(config_dir, ["attack=rmia_offline"]).attack) == ["rmia_offline"]
+    assert list(compose_cfg(["attack=threshold"]).attack) == ["loss", "confidence", "entropy", "modified_entropy"]
+    assert list(compose_cfg(["attack=fast"]).attack) == FAST
+    assert list(compose_cfg(["attack=[loss,rmia]"]).attack) == ["loss", "rmia"]
+    assert list(compose_cfg(["attack=rmia_offline"]).attack) == ["rmia_offline"]
+    assert compose_cfg(["attack=all", "attack.rmia.gamma=3"]).attack.rmia.gamma == 3
 
 
-def test_every_attack_config_instantiates_like_the_registry(config_dir):
-    from hydra.utils import instantiate
+def test_every_attack_config_names_its_class_and_every_argument(compose_cfg):
+    """Each attack YAML instantiates to an Attack named like the file, and lists (documents) every constructor
+    argument of its class but the display name the class derives from the variant, and nothing else."""
+    from hydra.utils import get_class, instantiate
 
-    cfg = _compose(config_dir, ["attack=all"])
-    for name, node in cfg.attack.items():
+    for name, node in compose_cfg(["attack=all"]).attack.items():
         attack = instantiate(node)
         assert isinstance(attack, Attack), name
         assert attack.name == name
-        assert repr(attack) == repr(build_attack(name)), name   # config defaults == code defaults
-    single = sorted(p.stem for p in CONF_ATTACK.glob("*.yaml"))
-    assert set(single) - {"all", "fast", "lira", "threshold"} == set(ATTACKS)
+        params = set(inspect.signature(get_class(node._target_)).parameters) - {"self"}
+        assert set(node) - {"_target_"} == params - {"name"}, name

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -17,19 +16,19 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import mia_bench.cache.keys as keys_mod
 import mia_bench.pipeline as pipeline
-import mia_bench.training.cache as cache_mod
 from mia_bench.augment import query_offsets
-from mia_bench.cache import Cache, main
+from mia_bench.cache import EntryStore, data_fingerprint, describe_recipe
+from mia_bench.cache.__main__ import main
+from mia_bench.cache.models import ModelCache, open_cache
 from mia_bench.data.base import ArrayData
-from mia_bench.data.splits import make_masks
+from mia_bench.data.splits import make_masks, model_seed
 from mia_bench.signals import Signals
-from mia_bench.training.cache import RunCache, data_fingerprint, open_cache
-from mia_bench.training.predict import collect_logits
-from mia_bench.training.train import describe_recipe, model_seed, train_models
-from tests.conftest import CONF, TINY
+from mia_bench.training.query import collect_logits
+from mia_bench.training.train import Recipe, train_models
+from tests.conftest import CONF, ROOT, TINY
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFENSES = sorted(p.stem for p in (CONF / "defense").glob("*.yaml"))
 FAST = [*TINY, "attack=[loss]", "logger=none"]
 
@@ -57,7 +56,21 @@ def fits(monkeypatch):
 
 def _key(cfg, fingerprint="data", k=0, mask=None) -> str:
     mask = np.arange(10) % 2 == 0 if mask is None else mask
-    return RunCache(Cache("unused"), describe_recipe(cfg), fingerprint).model_key(k, model_seed(cfg.seed, k), mask)
+    cache = ModelCache(EntryStore("unused"), describe_recipe(cfg), fingerprint)
+    return cache.model_key(k, model_seed(cfg.seed, k), mask)
+
+
+def _open(cfg, **splits):
+    """The run's cache as the pipeline opens it."""
+    return open_cache(cfg.cache, describe_recipe(cfg), **splits)
+
+
+def _train(cfg, splits, masks, indices=None, callbacks_for=None, cache=None):
+    return train_models(Recipe.from_config(cfg), splits, masks, indices, callbacks_for, cache)
+
+
+def _load(cfg):
+    return pipeline.load_data(cfg.dataset, cfg.seed)
 
 
 # ------------------------------------------------------------------------------------------------------ keys
@@ -117,28 +130,29 @@ def test_model_key_covers_what_determines_a_model_and_nothing_else(compose_cfg, 
     assert _key(cfg, mask=other) != base  # one record in or out
     assert _key(cfg, k=1) != base  # index (and with it the model's seed)
     assert _key(cfg, fingerprint="edited data") != base
-    monkeypatch.setattr(cache_mod, "__version__", "9.9.9")
+    import mia_bench.cache.models as models_mod
+
+    monkeypatch.setattr(models_mod, "__version__", "9.9.9")
     assert _key(cfg) != base  # package version
-    monkeypatch.setattr(cache_mod, "__version__", cache_mod.__version__)
 
 
 def test_code_digest_follows_training_code_and_ignores_attack_code(tmp_path, monkeypatch):
     """An edited training/defense module in a development checkout must miss the cache; attack code must not."""
     pkg = tmp_path / "mia_bench"
-    for rel in ("training/train.py", "training/cache.py", "defenses/mixup.py", "attacks/lira.py", "augment.py"):
+    for rel in ("training/train.py", "cache/keys.py", "defenses/mixup.py", "attacks/lira.py", "augment.py"):
         (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
         (pkg / rel).write_text(f"# {rel}\n")
-    monkeypatch.setattr(cache_mod, "__file__", str(pkg / "training" / "cache.py"))
+    monkeypatch.setattr(keys_mod, "__file__", str(pkg / "cache" / "keys.py"))
 
     def digest_now():
-        cache_mod.code_digest.cache_clear()
-        return cache_mod.code_digest()
+        keys_mod.code_digest.cache_clear()
+        return keys_mod.code_digest()
 
     try:
         base = digest_now()
         (pkg / "attacks/lira.py").write_text("# an attack changed\n")
         assert digest_now() == base
-        (pkg / "training/cache.py").write_text("# the cache's own code changed\n")
+        (pkg / "cache/keys.py").write_text("# the cache's own code changed\n")
         assert digest_now() == base
         (pkg / "defenses/mixup.py").write_text("# a defense changed\n")
         changed = digest_now()
@@ -146,7 +160,7 @@ def test_code_digest_follows_training_code_and_ignores_attack_code(tmp_path, mon
         (pkg / "augment.py").write_text("# augmentation changed\n")
         assert digest_now() != changed
     finally:
-        cache_mod.code_digest.cache_clear()
+        keys_mod.code_digest.cache_clear()
 
 
 def test_data_fingerprint_sees_one_changed_value_and_ignores_identity():
@@ -164,7 +178,7 @@ def test_data_fingerprint_sees_one_changed_value_and_ignores_identity():
 
 
 def test_signals_key_covers_models_queries_dtype_and_audit():
-    rc = RunCache(Cache("unused"), {}, "data")
+    rc = ModelCache(EntryStore("unused"), {}, "data")
     audit = ArrayData(torch.randn(6, 2), torch.arange(6) % 2)
     masks = np.eye(2, 6, dtype=bool)
     q = query_offsets()
@@ -178,12 +192,12 @@ def test_signals_key_covers_models_queries_dtype_and_audit():
 
 
 # ----------------------------------------------------------------------------------------------- entries
-def _put(store: Cache, key: str, payload: bytes = b"weights", kind: str = "models") -> bool:
+def _put(store: EntryStore, key: str, payload: bytes = b"weights", kind: str = "models") -> bool:
     return store.put(kind, key, {"a.bin": lambda f: f.write(payload)}, f"entry {key}", {"x": 1})
 
 
 def test_entries_are_verified_and_a_corrupt_or_partial_one_is_removed_with_a_warning(tmp_path, caplog):
-    store = Cache(tmp_path / "c")
+    store = EntryStore(tmp_path / "c")
     assert store.get("models", "k1") is None
     assert _put(store, "k1") and _put(store, "k2") and _put(store, "k3")
     entry = store.get("models", "k1")
@@ -202,7 +216,7 @@ def test_entries_are_verified_and_a_corrupt_or_partial_one_is_removed_with_a_war
 
 
 def test_a_second_writer_of_the_same_entry_keeps_the_first_and_leaves_no_temporary(tmp_path):
-    store = Cache(tmp_path)
+    store = EntryStore(tmp_path)
     assert _put(store, "k", b"first")
     assert _put(store, "k", b"second")
     assert store.get("models", "k").file("a.bin").read_bytes() == b"first"
@@ -210,7 +224,7 @@ def test_a_second_writer_of_the_same_entry_keeps_the_first_and_leaves_no_tempora
 
 
 def test_an_interrupted_write_leaves_nothing_readable(tmp_path):
-    store = Cache(tmp_path)
+    store = EntryStore(tmp_path)
 
     def boom(f):
         f.write(b"half")
@@ -225,7 +239,7 @@ def test_an_interrupted_write_leaves_nothing_readable(tmp_path):
 def test_an_unwritable_cache_is_a_warning_not_a_failure(tmp_path, caplog):
     (tmp_path / "file").write_text("not a folder")
     with caplog.at_level(logging.WARNING):
-        assert not _put(Cache(tmp_path / "file"), "k")
+        assert not _put(EntryStore(tmp_path / "file"), "k")
     assert "cannot write cache entry" in caplog.text
 
 
@@ -248,12 +262,12 @@ def test_a_cached_model_predicts_exactly_as_the_trained_one_for_every_defense(co
     # DP-SGD: a fixed noise and the RDP accountant (the PRV noise search takes seconds; the cache is what is tested).
     dp = ["train.module.noise_multiplier=1.0", "train.module.target_epsilon=null", "train.module.accountant=rdp"]
     cfg = _small(compose_cfg, f"defense={defense}", *(dp if defense == "dpsgd" else []))
-    _, splits = pipeline.load_data(cfg)
+    _, splits = _load(cfg)
     masks = make_masks(len(splits.population), 2, "paired", 0)
-    rc = open_cache(cfg, population=splits.population, test=splits.test, public=splits.public)
-    [fresh] = train_models(cfg, splits, masks, tmp_path, indices=[1], cache=rc)
+    rc = _open(cfg, population=splits.population, test=splits.test, public=splits.public)
+    [fresh] = _train(cfg, splits, masks, [1], cache=rc)
     assert fits.n == 1 and not fresh.from_cache
-    [cached] = train_models(cfg, splits, masks, tmp_path, indices=[1], cache=rc)
+    [cached] = _train(cfg, splits, masks, [1], cache=rc)
     assert fits.n == 1 and cached.from_cache and cached.key == fresh.key
     assert type(cached.module) is type(fresh.module)
     assert cached.module.defense_info == fresh.module.defense_info
@@ -263,7 +277,8 @@ def test_a_cached_model_predicts_exactly_as_the_trained_one_for_every_defense(co
     x = splits.population.x[:64]
     queries = query_offsets(1)
     # The attacker's view (predict path, inference-time defense included, its own seeded draws) and the plain model.
-    assert np.array_equal(collect_logits(fresh.module, x, queries), collect_logits(cached.module, x, queries))
+    assert np.array_equal(collect_logits(fresh.module.predict_logits, x, queries),
+                          collect_logits(cached.module.predict_logits, x, queries))
     assert torch.equal(fresh.module.clean_logits(x), cached.module.clean_logits(x))
     assert cached.module.public_data is splits.public and cached.module.train_data is None
 
@@ -276,11 +291,11 @@ def test_artifacts_recorded_during_training_come_back_from_the_cache(compose_cfg
             module.artifacts["snap"] = np.full((3, 2), trainer.current_epoch, dtype=np.float16)
 
     cfg = _small(compose_cfg)
-    _, splits = pipeline.load_data(cfg)
+    _, splits = _load(cfg)
     masks = make_masks(len(splits.population), 2, "paired", 0)
-    rc = open_cache(cfg, population=splits.population)
-    [fresh] = train_models(cfg, splits, masks, tmp_path, [0], extra_callbacks=lambda k: [Record()], cache=rc)
-    [cached] = train_models(cfg, splits, masks, tmp_path, [0], extra_callbacks=lambda k: [Record()], cache=rc)
+    rc = _open(cfg, population=splits.population)
+    [fresh] = _train(cfg, splits, masks, [0], lambda k: [Record()], cache=rc)
+    [cached] = _train(cfg, splits, masks, [0], lambda k: [Record()], cache=rc)
     assert fits.n == 1 and cached.from_cache
     assert cached.module.artifacts.keys() == {"epochs", "snap"}
     for name, arr in fresh.module.artifacts.items():
@@ -290,14 +305,14 @@ def test_artifacts_recorded_during_training_come_back_from_the_cache(compose_cfg
 
 def test_a_corrupt_model_is_retrained_with_a_warning(compose_cfg, tmp_path, fits, caplog):
     cfg = _small(compose_cfg, "train.epochs=1")
-    _, splits = pipeline.load_data(cfg)
+    _, splits = _load(cfg)
     masks = make_masks(len(splits.population), 2, "paired", 0)
-    rc = open_cache(cfg, population=splits.population)
-    first = train_models(cfg, splits, masks, tmp_path, cache=rc)
+    rc = _open(cfg, population=splits.population)
+    first = _train(cfg, splits, masks, cache=rc)
     weights = rc.store.path("models", first[0].key) / "model.pt"
     weights.write_bytes(weights.read_bytes()[:-10])
     with caplog.at_level(logging.WARNING):
-        again = train_models(cfg, splits, masks, tmp_path, cache=rc)
+        again = _train(cfg, splits, masks, cache=rc)
     assert fits.n == 3 and [m.from_cache for m in again] == [False, True]
     assert str(weights.parent) in caplog.text and "removing it and rebuilding" in caplog.text
     assert rc.store.get("models", first[0].key) is not None  # rebuilt
@@ -307,16 +322,16 @@ def test_a_corrupt_model_is_retrained_with_a_warning(compose_cfg, tmp_path, fits
 def test_a_model_another_job_is_building_is_skipped_and_taken_last(compose_cfg, tmp_path, fits):
     """Parallel jobs sharing the cache split the work: a model whose lock another job holds is deferred."""
     cfg = _small(compose_cfg, "train.epochs=1")
-    _, splits = pipeline.load_data(cfg)
+    _, splits = _load(cfg)
     masks = make_masks(len(splits.population), 4, "paired", 0)
-    rc = open_cache(cfg, population=splits.population)
+    rc = _open(cfg, population=splits.population)
     key0 = rc.model_key(0, model_seed(cfg.seed, 0), masks[0])
     order, result = [], {}
 
     def job():
-        result["models"] = train_models(cfg, splits, masks, tmp_path, [0, 1], lambda k: order.append(k) or [], rc)
+        result["models"] = _train(cfg, splits, masks, [0, 1], lambda k: order.append(k) or [], rc)
 
-    with rc.lock(key0) as held:  # another job is building model 0
+    with rc.store.lock("models", key0, blocking=False) as held:  # another job is building model 0
         assert held
         thread = threading.Thread(target=job)
         thread.start()
@@ -401,7 +416,7 @@ def test_bad_shard_settings_fail_before_training(compose_cfg, fits, overrides, n
 
 # ------------------------------------------------------------------------------------------------- CLI
 def test_cli_lists_and_prunes_with_dry_run_by_default(tmp_path, capsys):
-    store = Cache(tmp_path)
+    store = EntryStore(tmp_path)
     for key in ("aaa111", "bbb222", "ccc333"):
         _put(store, key)
     _put(store, "sig1", kind="signals")
@@ -436,7 +451,7 @@ def test_cli_lists_and_prunes_with_dry_run_by_default(tmp_path, capsys):
 
 
 def test_cli_module_runs_on_the_default_dir_from_the_environment(tmp_path):
-    _put(Cache(tmp_path / "cache"), "k123")  # conftest points MIA_BENCH_CACHE at tmp_path/cache
+    _put(EntryStore(tmp_path / "cache"), "k123")  # conftest points MIA_BENCH_CACHE at tmp_path/cache
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run(
         [sys.executable, "-m", "mia_bench.cache", "list"], capture_output=True, text=True, env=env, timeout=60

@@ -19,11 +19,11 @@ from mia_bench.data import (
     ArrayData,
     DatasetUnavailableError,
     RawDataset,
+    archives,
     list_datasets,
     load_dataset,
     register_dataset,
 )
-from mia_bench.data import datasets as ds
 from mia_bench.data.downloads import Archive, fetch_and_extract
 from mia_bench.data.files import read_idx
 
@@ -97,7 +97,7 @@ def nearest_centroid_accuracy(raw: RawDataset) -> float:
 def test_registry_holds_every_dataset():
     assert set(list_datasets()) == EXPECTED_NAMES
     assert list_datasets() == sorted(list_datasets())
-    assert all(callable(fn) for fn in DATASETS.values())
+    assert len(DATASETS) == len(EXPECTED_NAMES) and all(callable(DATASETS.get(n)) for n in DATASETS)
 
 
 def test_unknown_name_lists_registered_datasets():
@@ -125,7 +125,7 @@ def test_register_dataset_decorator():
         with pytest.raises(ValueError, match="already registered"):
             register_dataset("_tmp_test_set")(lambda: None)
     finally:
-        DATASETS.pop("_tmp_test_set")
+        DATASETS._builders.pop("_tmp_test_set")  # the registry has no public unregister: tests only
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -366,7 +366,7 @@ def test_missing_data_without_download_raises_clear_error(tmp_path, name):
 
 
 def test_every_download_backed_dataset_is_covered():
-    takes_root = {n for n, fn in DATASETS.items() if "download" in inspect.signature(fn).parameters}
+    takes_root = {n for n in DATASETS if "download" in inspect.signature(DATASETS.get(n)).parameters}
     assert takes_root == set(MISSING_CASES)
 
 
@@ -395,7 +395,7 @@ def test_corrupted_public_archive_is_reported(tmp_path):
 def test_cinic10_from_local_folder_tree(tmp_path):
     base = tmp_path / "cinic10"
     for split, shade in (("train", 0), ("valid", 100), ("test", 200)):
-        for c, cls in enumerate(ds.CINIC10_CLASSES):
+        for c, cls in enumerate(archives.CINIC10_CLASSES):
             write_png(base / split / cls / f"{cls}_{split}.png", size=(32, 32), color=(shade, c, 0))
     write_png(base / "train" / "cat" / "gray.png", size=(32, 32), color=(7, 7, 7), mode="L")
     raw = load_dataset("cinic10", root=str(tmp_path), download=False)
@@ -481,7 +481,7 @@ def test_purchase100_download_path(tmp_path, local_http, monkeypatch):
     table = np.concatenate([np.full((3, 1), 100), np.zeros((3, 600), dtype=int)], axis=1)
     make_tgz(www / "dataset_purchase.tgz", {"dataset_purchase": csv_bytes(table)})
     mirror = Archive("dataset_purchase.tgz", (f"{url}/dataset_purchase.tgz",), None)
-    monkeypatch.setattr(ds, "PURCHASE100_ARCHIVE", mirror)
+    monkeypatch.setattr(archives, "PURCHASE100_ARCHIVE", mirror)
     raw = load_dataset("purchase100", root=str(tmp_path / "data"), download=True)
     assert raw.train.x.shape == (3, 600) and raw.train.y.tolist() == [99] * 3
 
@@ -502,14 +502,13 @@ def test_config_shape(path):
     cfg = OmegaConf.load(path)
     assert set(cfg.keys()) == {"name", "loader", "population_size", "test_size", "public_size",
                                "train_augment", "query_augment"}  # fmt: skip
-    assert cfg.name == path.stem and cfg.loader.name == path.stem
-    assert cfg.loader._target_ == "mia_bench.data.datasets.load_dataset"
+    assert cfg.name == path.stem and "name" not in cfg.loader  # the name is stated once
     assert set(cfg.train_augment.keys()) == {"crop_padding", "hflip"}
     assert set(cfg.query_augment.keys()) == {"shift", "hflip"}
     # every dataset holds out a public split, so defenses needing clean data compare on the same population
     assert 0 < cfg.public_size and (cfg.public_size < 1 or float(cfg.public_size).is_integer())
-    params = inspect.signature(DATASETS[path.stem]).parameters
-    loader_args = set(cfg.loader.keys()) - {"_target_", "name"}
+    params = inspect.signature(DATASETS.get(path.stem)).parameters
+    loader_args = set(cfg.loader.keys()) - {"_target_"}
     assert loader_args <= set(params), f"{path.name}: {loader_args - set(params)} are not loader arguments"
     if "root" in params:
         assert OmegaConf.to_container(cfg.loader)["root"] == "${data.root}"
@@ -518,10 +517,22 @@ def test_config_shape(path):
         assert OmegaConf.is_missing(cfg.loader, "path")
     text = path.read_text()
     for line in text.splitlines():  # every key carries a trailing comment
+        assert len(line) <= 120, f"{path.name}: line longer than 120 characters: {line!r}"
         if line.strip() and not line.lstrip().startswith("#"):
             assert " # " in line, f"{path.name}: no comment on {line!r}"
-    if cfg.loader.name in ("digits", "mnist", "fashion_mnist", "idx"):
+    if cfg.name in ("digits", "mnist", "fashion_mnist", "idx"):
         assert not cfg.train_augment.hflip and not cfg.query_augment.hflip
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_config_targets_the_registered_loader(path):
+    """Hydra builds the dataset by calling the loader function the YAML names: it must be the one registered
+    under the YAML's name, so the Python API (load_dataset) and the configs build the same data."""
+    from hydra.utils import get_method
+
+    cfg = OmegaConf.load(path)
+    assert cfg.name in DATASETS
+    assert get_method(cfg.loader._target_) is DATASETS.get(cfg.name)
 
 
 def _instantiate(name: str, root: Path, **loader_overrides):
@@ -582,6 +593,7 @@ def _fake_cifar10(root: Path, per_batch: int = 24, n_test: int = 24) -> np.ndarr
     return first
 
 
+@pytest.mark.slow
 def test_cifar10_local_copy_loads_and_runs_a_cell(tmp_path, monkeypatch, compose_cfg):
     """The CIFAR-10 code path short of the download: torchvision's files -> normalised [N, 3, 32, 32] tensors ->
     the cifar10 config's crops, flips and query augmentations -> a full cell. (The md5 check is bypassed: the
@@ -589,7 +601,7 @@ def test_cifar10_local_copy_loads_and_runs_a_cell(tmp_path, monkeypatch, compose
     import torchvision.datasets as tvd
     import torchvision.datasets.cifar as tv_cifar
 
-    from mia_bench.data.datasets import CIFAR10_NORM
+    from mia_bench.data.vision import CIFAR10_NORM
     from mia_bench.pipeline import run
     from tests.conftest import TINY
 

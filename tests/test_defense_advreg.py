@@ -32,7 +32,7 @@ def _data(n: int, seed: int = 0, offset: float = 0.0):
 def _module(**kwargs) -> AdvRegModule:
     model = create_model("mlp", input_shape=(1, 8, 8), num_classes=4, hidden=[16])
     kwargs = {"optimizer": lambda p: torch.optim.Adam(p, lr=1e-2), **SMALL_H, **kwargs}
-    return AdvRegModule(model, **kwargs)
+    return AdvRegModule(model=model, **kwargs)
 
 
 def _fit(module: AdvRegModule, train: ArrayData, public: ArrayData | None, epochs: int, callbacks=()):

@@ -13,7 +13,7 @@ from mia_bench.data.base import ArrayData
 from mia_bench.defenses.early_stopping import BestModelEarlyStopping
 from mia_bench.models import create_model
 from mia_bench.training import ClassifierModule, TensorBatchLoader
-from mia_bench.training.train import build_module
+from mia_bench.training.train import Recipe, build_module
 
 
 class _Shape:
@@ -22,19 +22,19 @@ class _Shape:
 
 
 def test_dropout_defense_sets_the_rate_and_is_off_at_prediction(compose_cfg):
-    module = build_module(compose_cfg(["defense=dropout"]), _Shape)
+    module = build_module(Recipe.from_config(compose_cfg(["defense=dropout"])), _Shape)
     drops = [m for m in module.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert drops and all(m.p == 0.5 for m in drops)
     x = torch.randn(16, 1, 8, 8)
     module.train()
     assert not torch.equal(module(x), module(x))  # stochastic in training
     assert torch.equal(module.predict_logits(x), module.predict_logits(x))  # deterministic for the attacker
-    assert build_module(compose_cfg([]), _Shape).model.dropout.p == 0.0
+    assert build_module(Recipe.from_config(compose_cfg([])), _Shape).model.dropout.p == 0.0
 
 
 def test_label_smoothing_defense_changes_the_training_loss(compose_cfg):
     torch.manual_seed(0)
-    module = build_module(compose_cfg(["defense=label_smoothing"]), _Shape)
+    module = build_module(Recipe.from_config(compose_cfg(["defense=label_smoothing"])), _Shape)
     assert module.label_smoothing == 0.1
     x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
     module.log_dict = lambda *a, **k: None
@@ -49,7 +49,7 @@ def test_label_smoothing_defense_changes_the_training_loss(compose_cfg):
 
 def test_weight_decay_defense_reaches_the_optimizer(compose_cfg):
     cfg = compose_cfg(["defense=weight_decay"])
-    module = build_module(cfg, _Shape)
+    module = build_module(Recipe.from_config(cfg), _Shape)
     opt = module.configure_optimizers()
     assert [g["weight_decay"] for g in opt.param_groups] == [0.005]
     # Mechanism: with a zero loss gradient, one Adam step still moves every nonzero weight toward 0 (the L2 term).

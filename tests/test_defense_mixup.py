@@ -23,7 +23,7 @@ from tests.conftest import TINY
 
 def _module(cls=MixupModule, in_dim=6, classes=4, lr=1e-2, **kw) -> MixupModule:
     model = create_model("mlp", input_shape=(in_dim,), num_classes=classes, hidden=[32])
-    module = cls(model, optimizer=lambda p: torch.optim.Adam(p, lr=lr), **kw)
+    module = cls(model=model, optimizer=lambda p: torch.optim.Adam(p, lr=lr), **kw)
     module.log_dict = lambda *a, **k: None  # no trainer attached in unit tests
     return module
 

@@ -112,7 +112,7 @@ def test_admm_gradient_is_added_exactly_once_per_classifier_step(manual):
     model = create_model("mlp", input_shape=(1, 8, 8), num_classes=4, hidden=[16])
     if manual:
         module = AdvRegModule(
-            model, optimizer=_sgd, warmup_epochs=0, k=2, probs_hidden=[8], label_hidden=[4], combine_hidden=[4]
+            model=model, optimizer=_sgd, warmup_epochs=0, k=2, probs_hidden=[8], label_hidden=[4], combine_hidden=[4]
         )
         module.attach_data(ArrayData(x, y), ArrayData(x[:20] + 5, y[:20]))
     else:
@@ -154,7 +154,7 @@ def _fit_pruned(callback_cls=ADMMPruning, epochs: int = 4, manual: bool = False)
     model = _cnn()
     if manual:
         module = AdvRegModule(
-            model, optimizer=_sgd, warmup_epochs=0, k=2, probs_hidden=[8], label_hidden=[4], combine_hidden=[4]
+            model=model, optimizer=_sgd, warmup_epochs=0, k=2, probs_hidden=[8], label_hidden=[4], combine_hidden=[4]
         )
         module.attach_data(ArrayData(x, y), ArrayData(x[:20] + 5, y[:20]))
     else:

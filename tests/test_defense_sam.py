@@ -41,7 +41,7 @@ def _trainer(**kwargs) -> pl.Trainer:
 
 def test_two_passes_per_step_and_one_global_step_per_sam_step():
     torch.manual_seed(0)
-    module = SAMModule(_mlp(), optimizer=partial(torch.optim.SGD, lr=0.1))
+    module = SAMModule(model=_mlp(), optimizer=partial(torch.optim.SGD, lr=0.1))
     forwards, backwards = [], []
     module.model.register_forward_hook(lambda m, i, o: forwards.append(1))
     next(module.model.parameters()).register_hook(lambda g: backwards.append(1))
@@ -65,7 +65,7 @@ def test_update_equals_a_hand_computed_sam_step(adaptive):
     model = _mlp()
     ref = copy.deepcopy(model)
     module = SAMModule(
-        model, optimizer=partial(torch.optim.SGD, lr=lr), rho=rho, adaptive=adaptive, label_smoothing=smoothing
+        model=model, optimizer=partial(torch.optim.SGD, lr=lr), rho=rho, adaptive=adaptive, label_smoothing=smoothing
     )
     x, y = _data(20)
     _trainer(max_steps=1).fit(module, TensorBatchLoader(x, y, 20, shuffle=False))
@@ -89,7 +89,7 @@ def test_batchnorm_statistics_come_from_the_first_pass_only():
     torch.manual_seed(0)
     model = create_model("cnn", input_shape=(1, 8, 8), num_classes=3, channels=[4], norm="batch")
     first_pass = copy.deepcopy(model)
-    module = SAMModule(model, optimizer=partial(torch.optim.SGD, lr=0.1), rho=0.5)
+    module = SAMModule(model=model, optimizer=partial(torch.optim.SGD, lr=0.1), rho=0.5)
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 3, (16,))
     _trainer(max_steps=1).fit(module, TensorBatchLoader(x, y, 16, shuffle=False))
     first_pass.train()
@@ -102,7 +102,7 @@ def test_batchnorm_statistics_come_from_the_first_pass_only():
 def test_the_lr_schedule_is_stepped_every_epoch():
     torch.manual_seed(0)
     module = SAMModule(
-        _mlp(),
+        model=_mlp(),
         optimizer=partial(torch.optim.SGD, lr=0.8),
         scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
     )
@@ -113,8 +113,8 @@ def test_the_lr_schedule_is_stepped_every_epoch():
 
 def test_bad_values_are_errors():
     with pytest.raises(ValueError, match="rho=0"):
-        SAMModule(_mlp(), optimizer=partial(torch.optim.SGD, lr=0.1), rho=0)
-    module = SAMModule(_mlp(), optimizer=partial(torch.optim.SGD, lr=0.1))
+        SAMModule(model=_mlp(), optimizer=partial(torch.optim.SGD, lr=0.1), rho=0)
+    module = SAMModule(model=_mlp(), optimizer=partial(torch.optim.SGD, lr=0.1))
     x, y = _data(20)
     with pytest.raises(ValueError, match="precision='bf16-mixed'"):
         _trainer(precision="bf16-mixed").fit(module, TensorBatchLoader(x, y, 10))

@@ -15,16 +15,16 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
+from mia_bench.analyses import RunInfo, build_analyses
 from mia_bench.attacks.lira import LiRA
 from mia_bench.dynamics import hardness as H
 from mia_bench.dynamics import vulnerability as V
-from mia_bench.dynamics.config import parse
 from mia_bench.dynamics.recorder import DynamicsRecorder
 from mia_bench.models import create_model
 from mia_bench.signals import Signals, make_synthetic_signals
 from mia_bench.training.loader import TensorBatchLoader
 from mia_bench.training.module import ClassifierModule
-from tests.conftest import CONF, TINY
+from tests.conftest import TINY
 
 EDGES = np.array([1 / 3, 2 / 3])
 
@@ -287,6 +287,17 @@ def test_recorder_snapshots_the_model_state_of_each_epoch():
 
 
 # ---------------------------------------------------------------------------------------------- config
+def _setup(cfg, audit=None):
+    """The dynamics analysis of a composed config, set up against that run (as the pipeline does before training)."""
+    from mia_bench.data.base import ArrayData
+
+    audit = audit or ArrayData(torch.zeros(10, 1, 8, 8), torch.zeros(10, dtype=torch.long))
+    [analysis] = build_analyses(cfg.analysis).values()
+    analysis.setup(RunInfo(cfg.num_models, cfg.train.epochs, cfg.seed, cfg.model, cfg.evaluation.null_test, audit,
+                           [(0, 0, False)]))
+    return analysis
+
+
 @pytest.mark.parametrize(
     "override, match",
     [
@@ -306,36 +317,67 @@ def test_recorder_snapshots_the_model_state_of_each_epoch():
 def test_bad_config_names_key_and_value(compose_cfg, override, match):
     cfg = compose_cfg(["analysis=dynamics", "train.epochs=10", override])
     with pytest.raises(ValueError, match=match):
-        parse(cfg)
+        _setup(cfg)
 
 
 def test_config_epochs(compose_cfg):
-    dc = parse(compose_cfg(["analysis=dynamics", "train.epochs=12"]))
-    assert dc.record_epochs == [5, 10, 12] and dc.fpr == 0.05 and np.allclose(dc.edges, [1 / 3, 2 / 3])
-    dc = parse(compose_cfg(["analysis=dynamics", "train.epochs=12", "analysis.dynamics.epochs=[2,4]",
+    dc = _setup(compose_cfg(["analysis=dynamics", "train.epochs=12"]))
+    assert dc.record_epochs == [5, 10, 12]
+    assert dc.settings.fpr == 0.05 and np.allclose(dc.settings.edges, [1 / 3, 2 / 3])
+    dc = _setup(compose_cfg(["analysis=dynamics", "train.epochs=12", "analysis.dynamics.epochs=[2,4]",
                             "analysis.dynamics.initial=true"]))
     assert dc.record_epochs == [0, 2, 4, 12]
-    dc = parse(compose_cfg(["analysis=dynamics", "model.dropout=0.2", "analysis.dynamics.hardness.mc_dropout=4"]))
-    assert dc.mc_dropout == 4
+    dc = _setup(compose_cfg(["analysis=dynamics", "model.dropout=0.2", "analysis.dynamics.hardness.mc_dropout=4"]))
+    assert dc.settings.hardness.mc_dropout == 4
 
 
 @pytest.mark.parametrize("name, key, value", [
     ("dynamics_sgd_vs_sam", "defense", "none,sam"), ("dynamics_cnn_vs_wrn", "model", "cnn,wrn28_2")
 ])
 def test_experiment_configs_compose_and_sweep(compose_cfg, name, key, value):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from mia_bench.config import compose
 
     cfg = compose_cfg([f"experiment={name}"])
-    assert parse(cfg).record_epochs[-1] == cfg.train.epochs
+    assert _setup(cfg).record_epochs[-1] == cfg.train.epochs
     assert cfg.dataset.name == "cifar10" and cfg.num_models >= 16
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        hcfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+    hcfg = compose([f"experiment={name}"], return_hydra_config=True)
     assert hcfg.hydra.sweeper.params[key] == value
 
 
 # ---------------------------------------------------------------------------------------------- end to end
+def test_analysis_of_synthetic_snapshots_writes_every_output(tmp_path):
+    """The analysis alone, on snapshots where members pull away from non-members epoch by epoch: the vulnerable
+    share grows, transitions are counted for every record, and every file is written."""
+    from mia_bench.dynamics.analysis import analyze, write_outputs
+    from mia_bench.dynamics.config import DynamicsSettings
+
+    rng = np.random.default_rng(0)
+    k, e, n, c = 8, 3, 120, 4
+    masks = np.zeros((k, n), bool)
+    for j in range(k // 2):
+        half = rng.permutation(n)[: n // 2]
+        masks[2 * j, half] = True
+        masks[2 * j + 1] = ~masks[2 * j]
+    labels = rng.integers(0, c, n)
+    logits = rng.normal(size=(k, e, n, 1, c))
+    gap = np.where(rng.random(n) < 0.3, 8.0, 0.0)  # about 30% of the records become easy to tell apart
+    for epoch in range(e):
+        logits[:, epoch, np.arange(n), 0, labels] += masks * gap * epoch / (e - 1)
+    settings = DynamicsSettings.parse({"hardness": {"grad_norm": False}})
+    report, records = analyze(logits.astype(np.float32), [1, 2, 3], labels, masks, settings, final_epoch=3)
+    report["config"]["plot_epochs"] = [1, 3]
+    write_outputs(report, records, tmp_path)
+    for name in ("dynamics.json", "dynamics_records.npz", "dynamics_plane.png", "dynamics_transitions.png",
+                 "dynamics_com.png", "dynamics_correlations.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    shares = report["per_epoch"]["vulnerable_share"]
+    assert shares[0] < 0.05 < shares[1] < shares[2]
+    vulnerable, easy = records["final_vulnerable"], gap > 0
+    assert (vulnerable & easy).sum() >= 0.9 * easy.sum() and (vulnerable & ~easy).sum() <= 0.02 * n
+    assert np.array(report["transitions"]["counts"]).sum() == (e - 1) * n
+
+
+@pytest.mark.slow
 def test_tiny_run_writes_every_output(compose_cfg, tmp_path):
     from mia_bench.pipeline import run
 
@@ -376,7 +418,12 @@ def test_tiny_run_writes_every_output(compose_cfg, tmp_path):
 
 
 def test_recording_key_covers_only_what_is_recorded(compose_cfg):
-    from mia_bench.analysis import recording_key
+    from mia_bench.cache.keys import describe_recipe
+
+    def recording_key(cfg):
+        """What the analysis adds to the models' cache keys (as the pipeline passes it to describe_recipe)."""
+        recorded = {"dynamics": _setup(cfg).recorded()} if cfg.get("analysis") else {}
+        return describe_recipe(cfg, recorded).get("analysis")
 
     base = recording_key(compose_cfg(["analysis=dynamics", "train.epochs=12"]))
     assert recording_key(compose_cfg(["train.epochs=12"])) is None

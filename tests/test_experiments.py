@@ -41,6 +41,7 @@ PAPERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PAPERS))
 def test_paper_experiment_runs_end_to_end_on_cifar_shaped_data(compose_cfg, name, tmp_path):
     model, defense, shorter = PAPERS[name]

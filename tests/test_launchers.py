@@ -14,25 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mia_bench import gpu_pool
+from mia_bench.config import compose
 from mia_bench.gpu_pool import device_names, job_device, lease_device, register_resolvers
-from tests.conftest import CONF, TINY
-
-ROOT = CONF.parent
+from tests.conftest import ROOT, TINY
 
 
 def _compose_hydra(overrides):
     register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    GlobalHydra.instance().clear()
-    return cfg
+    return compose(overrides, return_hydra_config=True)
 
 
 def test_local_and_gpu_launchers_compose_to_joblib(monkeypatch):
@@ -89,6 +82,7 @@ def test_slurm_launcher_builds_a_one_gpu_per_task_sbatch_array(tmp_path, monkeyp
     assert type(local).__name__ == "LocalLauncher"
 
 
+@pytest.mark.slow
 def test_local_parallel_multirun_of_four_tiny_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     defenses = ["none", "dropout", "label_smoothing", "weight_decay"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +12,9 @@ from torch import nn
 
 from mia_bench.models import Classifier, create_model, list_models, register_model
 from mia_bench.models import registry as registry_mod
+from tests.conftest import CONF
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF_DIR = CONF / "model"
 EXPECTED = ["cnn", "lenet", "mlp", "mobilenet_v2", "resnet18", "vgg11", "vgg16", "wrn28_2"]
 CONV = [n for n in EXPECTED if n != "mlp"]
 NORMED = ["cnn", "vgg11", "vgg16", "resnet18", "wrn28_2", "mobilenet_v2"]
@@ -201,7 +201,7 @@ def test_register_model_rejects_duplicates():
         with pytest.raises(ValueError, match="already registered"):
             register_model("_tiny_test")(lambda input_shape, num_classes: None)
     finally:
-        registry_mod._REGISTRY.pop("_tiny_test", None)
+        registry_mod.MODELS._builders.pop("_tiny_test", None)
 
 
 def test_every_registered_model_has_a_config():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,11 +13,11 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
+from mia_bench.config import compose
 from mia_bench.pipeline import run
 from mia_bench.signals import Signals
-from tests.conftest import CONF, TINY
+from tests.conftest import CONF, ROOT, TINY
 
-ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("auc", "tpr_at_fpr_0.001", "tpr_at_fpr_0.01", "advantage", "balanced_accuracy", "attack_accuracy")
 
 
@@ -47,8 +48,9 @@ def test_tiny_run_writes_every_output(compose_cfg, tmp_path):
     assert np.array_equal(sig.masks, np.load(tmp_path / "masks.npy"))
 
 
+@pytest.mark.slow
 def test_null_membership_gives_chance_auc(compose_cfg):
-    """DESIGN.md's validity check: scored records were never trained on and their IN/OUT labels are random, so
+    """The protocol's validity check: scored records were never trained on and their IN/OUT labels are random, so
     every attack's AUC interval must contain 0.5. (99% intervals: twelve correlated attacks are checked.)
 
     Calibration of this check, measured with seeds 0-4: 59 of 60 intervals contained 0.5, as 99% intervals
@@ -124,24 +126,42 @@ def _cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProce
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["dataset=nonexistent"], "nonexistent"),
         (["num_models=3"], "num_models=3"),
         (["membership.scheme=halves"], "halves"),
         (["evaluation.targets=99"], "evaluation.targets=99"),
         (["dataset.test_size=5000"], "test_size"),
         (["train.batch_size=0"], "batch_size=0"),
-        (["model.nonsense=1"], "nonsense"),
-        (["attack=bogus"], "bogus"),
+        (["+model.nonsense=1"], "nonsense"),
     ],
 )
-def test_bad_values_fail_with_a_message_naming_them(tmp_path, args, needle):
-    res = _cli(*args, *TINY[1:2], "logger=none", cwd=tmp_path, timeout=120)
-    assert res.returncode != 0
-    text = res.stdout + res.stderr
-    assert needle in text, text[-2000:]
-    assert "Traceback" not in text, text[-2000:]
+def test_bad_values_fail_with_a_message_naming_them(compose_cfg, caplog, args, needle):
+    """What the command line does with a bad value (exit status 2, one line naming it), run in-process."""
+    from mia_bench.__main__ import run_job
+
+    with caplog.at_level(logging.ERROR, logger="mia_bench"):
+        assert run_job(compose_cfg([*args, *TINY[1:2], "logger=none"]), {}) == 2
+    assert needle in caplog.text, caplog.text
 
 
+@pytest.mark.parametrize(
+    "args,needle", [(["dataset=nonexistent"], "nonexistent"), (["model.nonsense=1"], "nonsense"),
+                    (["attack=bogus"], "bogus")]
+)
+def test_bad_options_fail_when_the_config_is_composed(args, needle):
+    with pytest.raises(Exception, match=needle):
+        compose(args)
+
+
+@pytest.mark.slow
+def test_cli_reports_bad_values_without_a_traceback(tmp_path):
+    for args, needle in ((["num_models=3"], "num_models=3"), (["dataset=nonexistent"], "nonexistent")):
+        res = _cli(*args, *TINY[1:2], "logger=none", cwd=tmp_path, timeout=120)
+        text = res.stdout + res.stderr
+        assert res.returncode != 0 and needle in text, text[-2000:]
+        assert "Traceback" not in text, text[-2000:]
+
+
+@pytest.mark.slow
 def test_cli_both_spellings_and_outputs(tmp_path):
     for args in (["+defense=none", "+dataset=digits"], ["defense=none", "dataset=digits"]):
         res = _cli(*args, *TINY, "attack=[loss,lira_online]", "logger=none", cwd=tmp_path)
@@ -170,6 +190,7 @@ def test_other_loggers_write_their_files(compose_cfg, tmp_path, monkeypatch, log
     ]
 
 
+@pytest.mark.slow
 def test_multirun_writes_one_folder_per_job(tmp_path):
     res = _cli(
         "-m", "+dataset=digits,synthetic", *TINY, "attack=[loss,lira_offline]", "logger=none", cwd=tmp_path

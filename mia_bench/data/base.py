@@ -1,4 +1,4 @@
-"""Shared data types: every dataset loader returns arrays, the pipeline turns them into splits.
+"""Shared data types and helpers: every dataset loader returns arrays, the pipeline turns them into splits.
 
 Records stay as in-memory tensors end to end (no per-record Python in the hot loop): a loader returns
 ``ArrayData`` (inputs already scaled to floats with the dataset's fixed normalisation, labels as int64),
@@ -8,8 +8,10 @@ split (for defenses that need data the attacker never scores) out of it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -65,3 +67,19 @@ class RawDataset:
     @property
     def is_image(self) -> bool:
         return self.train.x.dim() == 4
+
+
+def dataset_meta(
+    modality: str, mean: Sequence[float] | None = None, std: Sequence[float] | None = None, **extra
+) -> dict:
+    """``RawDataset.meta``: the modality, the fixed normalisation (if any) and loader-specific extras."""
+    meta: dict = {"modality": modality}
+    if mean is not None:
+        meta["normalization"] = {"mean": list(mean), "std": list(std)}  # x = (pixel/255 - mean) / std
+    meta.update(extra)
+    return meta
+
+
+def as_labels(y) -> torch.Tensor:
+    """Labels (list, array or tensor) as an int64 tensor."""
+    return torch.as_tensor(np.asarray(y), dtype=torch.int64)

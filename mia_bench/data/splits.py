@@ -1,7 +1,7 @@
-"""Population / test / public splits and membership masks (DESIGN.md, steps 1-2).
+"""Population / test / public splits, membership masks and the seed of each model.
 
-Everything here is a pure function of the seed, so a run can be reproduced from its config, and the masks
-are saved with the run so attacks can be re-evaluated later without retraining.
+Everything here is a pure function of the seed, so a run can be reproduced from its config, and the masks are
+saved with the run so attacks can be re-evaluated later without retraining.
 """
 
 from __future__ import annotations
@@ -119,3 +119,32 @@ def make_masks(num_records: int, num_models: int, scheme: str = "paired", seed: 
         )
         return masks
     raise ValueError(f"membership.scheme={scheme!r}: expected one of 'paired', 'bernoulli'")
+
+
+def model_seed(base_seed: int, k: int) -> int:
+    """Seed of model k (initialisation, batch order, augmentation): depends only on the run seed and k, so adding
+    models never changes existing ones."""
+    return int(base_seed) * 100_003 + int(k)
+
+
+def membership(
+    population: ArrayData, num_models: int, scheme: str = "paired", seed: int = 0, null_test: bool = False
+) -> tuple[ArrayData, ArrayData, np.ndarray, np.ndarray]:
+    """``(records to train on, records to score, training masks, ground-truth masks of the scored records)``.
+
+    Normally both are the population and both masks are the same. The null test (a validity check) trains on one
+    half of the population and scores the other half, which no model saw, against random fake masks: every
+    attack's AUC must then be about 0.5."""
+    if not null_test:
+        masks = make_masks(len(population), num_models, scheme, seed)
+        return population, population, masks, masks
+    perm = torch.randperm(len(population), generator=torch.Generator().manual_seed(int(seed) + 7919))
+    half = len(population) // 2
+    train_pool = population.subset(perm[:half].sort().values)
+    audit = population.subset(perm[half:].sort().values)
+    return (
+        train_pool,
+        audit,
+        make_masks(len(train_pool), num_models, scheme, seed),
+        make_masks(len(audit), num_models, scheme, seed + 1),
+    )

@@ -3,9 +3,10 @@ Regularization", CCS 2018): a min-max game between the classifier f and an infer
 
 h(f(x), y) -> P(member) is trained to tell the classifier's training records (label 1) from a reference set
 (label 0) -- here the **public split**, which is disjoint from the membership population and from the utility test
-split (the authors' public code uses the test loader as reference set, a DESIGN.md pitfall). After
-``warmup_epochs`` of plain training, every classifier step is preceded by ``k`` steps of h, each on a fresh member
-batch (sampled from the model's own training records) and a fresh reference batch; the classifier then minimises
+split (the authors' public code uses the test loader as reference set, so training sees the records utility is
+measured on). After ``warmup_epochs`` of plain training, every classifier step is preceded by ``k`` steps of h, each
+on a fresh member batch (sampled from the model's own training records) and a fresh reference batch; the classifier
+then minimises
 
     CE(f(x), y) + lam * mean_batch log h(f(x), y)            (gain: log; the paper's Algorithm 1)
     CE(f(x), y) + lam * mean_batch h(f(x), y)                (gain: linear; the authors' public code, which writes
@@ -20,9 +21,9 @@ ReLU MLP, concatenated and merged by a third MLP into one logit. Their code uses
 (10-class tasks on CPU) and use PyTorch's default initialisation; every width is a config key.
 
 Manual optimisation with two optimizers (classifier: the recipe's optimizer partial; h: its own, Adam by default);
-the classifier's lr scheduler is stepped here once per epoch since Lightning does not step schedulers under manual
-optimisation. Augmentation and label smoothing apply to the classifier's step as in the base module; h sees the
-classifier's eval-mode outputs on clean records, as the attacker would.
+the classifier's lr scheduler is stepped once per epoch by ``ClassifierModule``, since Lightning does not step
+schedulers under manual optimisation. Augmentation and label smoothing apply to the classifier's step as in the base
+module; h sees the classifier's eval-mode outputs on clean records, as the attacker would.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mia_bench.training.module import ClassifierModule, _takes_t_max
+from mia_bench.training.module import ClassifierModule
 
 GAINS = ("log", "linear")
 
@@ -78,8 +79,9 @@ class InferenceModel(nn.Module):
 class AdvRegModule(ClassifierModule):
     """The classifier module trained in Nasr et al.'s min-max game (see the module docstring).
 
-    Args (beyond :class:`ClassifierModule`'s):
-        lam: weight of the privacy gain in the classifier's loss (METHODS default 1; the public code uses 3).
+    Args (:class:`ClassifierModule`'s, e.g. ``model`` and ``optimizer``, are accepted as keywords through
+    ``**base``):
+        lam: weight of the privacy gain in the classifier's loss (default 1, the paper's; the public code uses 3).
         k: steps of h per classifier step after the warm-up.
         warmup_epochs: epochs of plain training (no h, no gain) first.
         gain: ``log`` (paper) or ``linear`` (public code), see the module docstring.
@@ -91,12 +93,7 @@ class AdvRegModule(ClassifierModule):
 
     def __init__(
         self,
-        model: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        label_smoothing: float = 0.0,
-        crop_padding: int = 0,
-        hflip: bool = False,
+        *,
         lam: float = 1.0,
         k: int = 1,
         warmup_epochs: int = 3,
@@ -106,8 +103,9 @@ class AdvRegModule(ClassifierModule):
         probs_hidden: Sequence[int] = (256, 64),
         label_hidden: Sequence[int] = (64,),
         combine_hidden: Sequence[int] = (64,),
+        **base,
     ) -> None:
-        super().__init__(model, optimizer, scheduler, label_smoothing, crop_padding, hflip)
+        super().__init__(**base)
         if not float(lam) >= 0:
             raise ValueError(f"advreg lam={lam}: expected >= 0")
         if int(k) != k or k < 1:
@@ -125,14 +123,13 @@ class AdvRegModule(ClassifierModule):
         self.gain = gain
         self.attack_optimizer_factory = attack_optimizer or (lambda p: torch.optim.Adam(p, lr=1e-3))
         self.attack_batch_size = None if attack_batch_size is None else int(attack_batch_size)
-        num_classes = int(getattr(model, "num_classes", 0) or model.head.out_features)
+        num_classes = int(getattr(self.model, "num_classes", 0) or self.model.head.out_features)
         self.num_classes = num_classes
         self.inference_model = InferenceModel(num_classes, probs_hidden, label_hidden, combine_hidden)
         # Step counters (for logs and tests): optimizer steps of h and of the classifier since construction.
         self.h_steps = 0
         self.f_steps = 0
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._epoch_logs: dict[str, tuple[torch.Tensor, int]] = {}
 
     # ------------------------------------------------------------------ data
     def on_fit_start(self) -> None:
@@ -178,11 +175,7 @@ class AdvRegModule(ClassifierModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """h's loss (BCE on members -> 1 plus BCE on references -> 0) and its accuracy, on the classifier's eval-mode
         outputs (no gradient to the classifier, no BatchNorm statistics from the reference set)."""
-        with torch.no_grad():
-            was_training = self.model.training
-            self.model.eval()
-            probs = self.model(torch.cat([xm, xr])).softmax(-1)
-            self.model.train(was_training)
+        probs = self.clean_logits(torch.cat([xm, xr])).softmax(-1)
         out = self.inference_logits(probs, torch.cat([ym, yr]))
         out_m, out_r = out[: len(xm)], out[len(xm) :]
         loss = F.binary_cross_entropy_with_logits(out_m, torch.ones_like(out_m)) + F.binary_cross_entropy_with_logits(
@@ -231,35 +224,16 @@ class AdvRegModule(ClassifierModule):
         self.f_steps += 1
         logs.update({"train/loss": loss.detach(), "train/ce": ce.detach()})
         logs["train/acc"] = (logits.argmax(-1) == y).float().mean()
-        # Epoch means accumulated here and logged once per epoch: Lightning's per-call logging costs about 1.5 ms
-        # per metric and step on CPU, which tripled the cost of this module's steps with six metrics.
-        for key, value in logs.items():
-            total, count = self._epoch_logs.get(key, (0.0, 0))
-            self._epoch_logs[key] = (total + value * len(x), count + len(x))
+        self.log_epoch_mean(logs, len(x))
         return loss.detach()
-
-    def on_train_epoch_start(self) -> None:
-        self._epoch_logs = {}
-
-    def on_train_epoch_end(self) -> None:
-        self.log_dict({k: total / count for k, (total, count) in self._epoch_logs.items()}, on_epoch=True)
-        # Manual optimisation: Lightning does not step schedulers; the classifier's steps once per epoch.
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
 
     def configure_optimizers(self):
         # The classifier's optimizer sees only the classifier's parameters (self.parameters() would include h's).
         opt_f = self.optimizer_factory(self.model.parameters())
         opt_h = self.attack_optimizer_factory(self.inference_model.parameters())
-        if self.scheduler_factory is None:
+        scheduler = self.make_scheduler(opt_f)
+        if scheduler is None:
             return [opt_f, opt_h]
-        epochs = self.trainer.max_epochs if self.trainer is not None and self.trainer.max_epochs else 1
-        scheduler = (
-            self.scheduler_factory(opt_f, T_max=epochs)
-            if _takes_t_max(self.scheduler_factory)
-            else self.scheduler_factory(opt_f)
-        )
         return [opt_f, opt_h], [{"scheduler": scheduler, "interval": "epoch"}]
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -141,22 +141,21 @@ class DPSGDModule(ClassifierModule):
 
     Configure exactly one of ``noise_multiplier`` (sigma, noise std / ``max_grad_norm``) and ``target_epsilon``
     (sigma is then found for the planned steps, ``trainer.max_epochs * round(1/q)``, at ``q`` and ``delta``).
-    ``delta`` defaults to :func:`default_delta` of the model's training-set size.
+    ``delta`` defaults to :func:`default_delta` of the model's training-set size. :class:`ClassifierModule`'s
+    other arguments (``optimizer``, ...) are accepted as keywords through ``**base``; ``model`` is first made
+    Opacus-compatible (:func:`make_dp_compatible`).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        label_smoothing: float = 0.0,
-        crop_padding: int = 0,
-        hflip: bool = False,
+        *,
         max_grad_norm: float = 1.0,
         noise_multiplier: float | None = None,
         target_epsilon: float | None = None,
         delta: float | None = None,
         accountant: str = "prv",
+        **base,
     ) -> None:
         if not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm={max_grad_norm}: expected > 0 (the per-sample clipping norm C)")
@@ -173,7 +172,7 @@ class DPSGDModule(ClassifierModule):
             raise ValueError(f"delta={delta}: expected a value in (0, 1) or null (1/N rounded down to a power of 10)")
         if accountant not in ACCOUNTANTS:
             raise ValueError(f"accountant={accountant!r}: expected one of {list(ACCOUNTANTS)}")
-        super().__init__(make_dp_compatible(model), optimizer, scheduler, label_smoothing, crop_padding, hflip)
+        super().__init__(model=make_dp_compatible(model), **base)
         self.max_grad_norm = float(max_grad_norm)
         self.noise_multiplier = None if noise_multiplier is None else float(noise_multiplier)
         self.target_epsilon = None if target_epsilon is None else float(target_epsilon)

@@ -14,8 +14,6 @@ mode), so anything that calls the model directly sees what the attacker sees.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,20 +58,18 @@ class MIDModule(ClassifierModule):
     ``beta``: weight of the KL term (default 0.01, the authors' CIFAR-10 value). ``bottleneck_dim``: ``k``, or
     null for ``feature_dim // 2`` (the authors' choice). ``predict_samples``: 0 (default) predicts with ``mu``;
     n > 0 returns the log of the softmax averaged over n sampled codes (stochastic; an attacker can average the
-    noise away by repeating queries, so the default is the deterministic ``mu``).
+    noise away by repeating queries, so the default is the deterministic ``mu``). :class:`ClassifierModule`'s other
+    arguments (``optimizer``, ...) are accepted as keywords through ``**base``; ``model``'s head is replaced first.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        label_smoothing: float = 0.0,
-        crop_padding: int = 0,
-        hflip: bool = False,
+        *,
         beta: float = 0.01,
         bottleneck_dim: int | None = None,
         predict_samples: int = 0,
+        **base,
     ) -> None:
         if not beta >= 0:
             raise ValueError(f"beta={beta}: expected >= 0 (weight of the KL term; 0 = no bottleneck pressure)")
@@ -86,7 +82,7 @@ class MIDModule(ClassifierModule):
         if predict_samples < 0:
             raise ValueError(f"predict_samples={predict_samples}: expected 0 (predict with mu) or a positive count")
         model.head = VIBHead(d, k, model.num_classes)
-        super().__init__(model, optimizer, scheduler, label_smoothing, crop_padding, hflip)
+        super().__init__(model=model, **base)
         self.beta = float(beta)
         self.bottleneck_dim = k
         self.predict_samples = int(predict_samples)

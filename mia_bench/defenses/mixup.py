@@ -3,8 +3,8 @@
 Mixup blurs the decision on any single training record, which is why it is studied as a membership defense.
 ``MixupModule`` is the loss; ``AdaMixupScheduler`` is AdaMixup's *dynamic mixing ratio*, a Lightning callback that
 writes the module's ``ratio`` at the start of every epoch, either from a fixed schedule (``linear | cosine |
-step``) or in closed loop from a cheap leak signal measured at the end of each epoch (METHODS.md: the paper's
-exact schedule is not public, so both are the benchmark's choices and are exposed as config keys).
+step``) or in closed loop from a cheap leak signal measured at the end of each epoch (the paper's exact schedule
+is not public, so both are the benchmark's choices and are exposed as config keys).
 
 Conventions (one definition everywhere): a mixed record is ``lam * x_i + (1 - lam) * x_j`` where ``x_i`` is the
 batch's own record and ``x_j`` its partner under a random permutation of the batch. ``lam`` is drawn from
@@ -17,7 +17,7 @@ mixed, 1 = no mixing.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_curve
-from torch import nn
 
 from mia_bench.data.base import ArrayData
 from mia_bench.training.module import ClassifierModule
@@ -63,23 +62,20 @@ class MixupModule(ClassifierModule):
     run over an undefended model. ``per_sample`` draws one weight per record instead of one per batch. ``ratio``
     (None by default) fixes ``lam`` for every pair; AdaMixup's scheduler writes it each epoch.
     ``label_mode='dominant'`` trains on the label of the record with the larger weight (AdaMixup's "adaptive label
-    allocation"; ties go to ``y_i``). Augmentation runs before mixing.
+    allocation"; ties go to ``y_i``). Augmentation runs before mixing. :class:`ClassifierModule`'s arguments
+    (``model``, ``optimizer``, ...) are accepted as keywords through ``**base``.
     """
 
     def __init__(
         self,
-        model: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        label_smoothing: float = 0.0,
-        crop_padding: int = 0,
-        hflip: bool = False,
+        *,
         alpha: float = 1.0,
         ratio: float | None = None,
         label_mode: str = "soft",
         per_sample: bool = False,
+        **base,
     ) -> None:
-        super().__init__(model, optimizer, scheduler, label_smoothing, crop_padding, hflip)
+        super().__init__(**base)
         alpha = float(alpha)
         if not (alpha >= 0.0 and math.isfinite(alpha)):
             raise ValueError(f"mixup alpha={alpha}: expected a finite value >= 0 (0 = no mixing)")

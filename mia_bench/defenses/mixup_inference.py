@@ -9,7 +9,7 @@ output otherwise; its script's defaults are 5 PL draws, 15 OL draws, threshold 0
 (PL) and 0.4 (OL).
 
 The pool is the public split: the authors' code draws it from the CIFAR test split, which here would leak into the
-utility figures; the public split is disjoint from the population under attack and from the test split (DESIGN.md).
+utility figures; the public split is disjoint from the population under attack and from the test split.
 Pool records are drawn as the authors' code does: a class uniformly among the eligible ones (OL: every pool class
 but y_hat), then a record uniformly within that class. A predicted class with no pool record is an error (MI-PL
 would otherwise silently change meaning); every class is present in any reasonably sized random public split.

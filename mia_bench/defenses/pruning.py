@@ -1,7 +1,7 @@
 """MIA-Pruning (Wang et al., "Against Membership Inference Attack: Pruning is All You Need", IJCAI 2021, arXiv
 2008.13578): ADMM weight pruning as a membership defense, as a Lightning callback over the trainer's epochs.
 
-Phases (METHODS.md): **pretrain** (plain training) -> **ADMM** (the W-step is the optimizer step on
+Phases: **pretrain** (plain training) -> **ADMM** (the W-step is the optimizer step on
 ``loss + sum_l rho/2 ||W_l - Z_l + U_l||_F^2``; once per epoch ``Z_l = top-k-by-magnitude(W_l + U_l)`` at the layer's
 target sparsity and ``U_l += W_l - Z_l``) -> **hard prune** (keep the largest ``|W_l|``) -> **masked fine-tune**
 (the mask is re-applied after every optimizer step: momentum buffers and weight decay would revive pruned weights
@@ -9,9 +9,9 @@ otherwise).
 
 Written by hand rather than with Lightning's ``ModelPruning``: that callback has no ADMM phase and defaults to the
 lottery-ticket reset (``use_lottery_ticket_hypothesis=True``), which rewinds the surviving weights to their
-initialisation (DESIGN.md pitfall). ``torch.nn.utils.prune`` would reparametrise the modules (``weight_orig`` +
-``weight_mask`` + a forward pre-hook); plain masks held by the callback keep the trained model an ordinary module
-whose ``state_dict`` is what it was before.
+initialisation, discarding what pretraining and ADMM learned. ``torch.nn.utils.prune`` would reparametrise the
+modules (``weight_orig`` + ``weight_mask`` + a forward pre-hook); plain masks held by the callback keep the trained
+model an ordinary module whose ``state_dict`` is what it was before.
 
 Works under automatic and manual optimization (e.g. the adversarial-regularisation module, which has two optimizers):
 the ADMM gradient is added in ``on_before_optimizer_step`` (Lightning calls it once per optimizer step, after the

@@ -9,39 +9,29 @@ forward/backward passes under Lightning's manual optimization:
   through Lightning's optimizer wrapper so ``trainer.global_step`` advances exactly once per SAM step;
 - BatchNorm running statistics are updated on the first pass only (momentum 0 on the second:
   ``pytorch_optimizer``'s ``disable_running_stats``), so the perturbed weights never leak into them;
-- both passes see the same augmented batch; the LR schedule is stepped by hand (manual optimization does not).
+- both passes see the same augmented batch; the LR schedule is stepped once per epoch by ``ClassifierModule``
+  (Lightning does not step schedules under manual optimization).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from pytorch_optimizer import SAM, disable_running_stats, enable_running_stats
-from torch import nn
 
 from mia_bench.training.module import ClassifierModule
 
 
 class SAMModule(ClassifierModule):
     """The classifier trained with SAM around the config's optimizer. ``rho``: neighbourhood radius (default
-    0.05, the paper's CIFAR value); ``adaptive``: ASAM (default false; ASAM papers use a larger rho, e.g. 0.5-2)."""
+    0.05, the paper's CIFAR value); ``adaptive``: ASAM (default false; ASAM papers use a larger rho, e.g. 0.5-2).
+    :class:`ClassifierModule`'s arguments (``model``, ``optimizer``, ...) are accepted as keywords through ``**base``.
+    """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
-        label_smoothing: float = 0.0,
-        crop_padding: int = 0,
-        hflip: bool = False,
-        rho: float = 0.05,
-        adaptive: bool = False,
-    ) -> None:
+    def __init__(self, *, rho: float = 0.05, adaptive: bool = False, **base) -> None:
         if not rho > 0:
             raise ValueError(f"rho={rho}: expected > 0 (radius of the SAM neighbourhood; e.g. 0.05)")
-        super().__init__(model, optimizer, scheduler, label_smoothing, crop_padding, hflip)
+        super().__init__(**base)
         self.rho = float(rho)
         self.adaptive = bool(adaptive)
         self.automatic_optimization = False
@@ -95,10 +85,3 @@ class SAMModule(ClassifierModule):
         acc = (logits.argmax(-1) == y).float().mean()
         self.log_epoch_mean({"train/loss": loss, "train/acc": acc}, len(y))
         return loss.detach()
-
-    def on_train_epoch_end(self) -> None:
-        """Manual optimization leaves the schedule to the module (the parent's schedules step per epoch)."""
-        super().on_train_epoch_end()
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()

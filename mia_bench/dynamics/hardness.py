@@ -39,7 +39,7 @@ def select_models(masks: np.ndarray, which: str) -> np.ndarray:
     raise ValueError(f"analysis.dynamics.hardness.models={which!r}: expected one of {list(MODEL_SELECTIONS)}")
 
 
-def _weighted_mean(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+def weighted_mean(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     n = w.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, (x * w).sum(0) / n, np.nan)
@@ -58,14 +58,14 @@ def ensemble_hardness(logits: np.ndarray, labels: np.ndarray, weights: np.ndarra
     logp_y = np.take_along_axis(logp, labels[None, :, None], -1)[..., 0]      # [K, N]
     p = np.exp(logp)
     w = weights.astype(np.float64)
-    loss = _weighted_mean(-logp_y, w)
+    loss = weighted_mean(-logp_y, w)
     py = np.exp(logp_y)
-    mean_py = _weighted_mean(py, w)
-    var = _weighted_mean((py - np.nan_to_num(mean_py)[None]) ** 2, w)
-    pbar = _weighted_mean(p, w[..., None])                                    # [N, C]
+    mean_py = weighted_mean(py, w)
+    var = weighted_mean((py - np.nan_to_num(mean_py)[None]) ** 2, w)
+    pbar = weighted_mean(p, w[..., None])                                    # [N, C]
     h_mean = -(pbar * np.log(np.clip(pbar, 1e-300, None))).sum(-1)
     h_each = -(p * logp).sum(-1)                                              # [K, N]
-    mi = np.maximum(h_mean - _weighted_mean(h_each, w), 0.0)                  # >= 0 up to rounding
+    mi = np.maximum(h_mean - weighted_mean(h_each, w), 0.0)                  # >= 0 up to rounding
     return {"loss": loss, "uncertainty_std": np.sqrt(var), "uncertainty_mi": mi}
 
 
@@ -76,7 +76,7 @@ def trajectory_loss(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray)
     for snapshot in logits:
         logp = log_softmax_np(snapshot)
         total -= np.take_along_axis(logp, labels[None, :, None], -1)[..., 0]  # [K, N]
-    return _weighted_mean(total / len(logits), weights.astype(np.float64))
+    return weighted_mean(total / len(logits), weights.astype(np.float64))
 
 
 def per_sample_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128) -> np.ndarray:

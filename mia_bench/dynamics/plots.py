@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -20,15 +19,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mia_bench.io import atomic_write_bytes  # noqa: E402
+from mia_bench.atomic import save_figure  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=110)
 
 
 def _grid_lines(ax, edges) -> None:

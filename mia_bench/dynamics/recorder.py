@@ -34,8 +34,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from mia_bench.augment import apply_query
 from mia_bench.dynamics.hardness import mc_dropout_uncertainty, per_sample_grad_norms
+from mia_bench.training.query import collect_logits
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,10 @@ class DynamicsRecorder(pl.Callback):
     def snapshot(self, module: pl.LightningModule) -> np.ndarray:
         """``[N, A, C]`` clean logits of the audit records under the recorder's queries."""
         t0 = time.perf_counter()
-        device = module.device
-        out = []
-        with preserved_rng(device):
-            for start in range(0, len(self.x), self.batch_size):
-                xb = self.x[start : start + self.batch_size].to(device)
-                per_query = [module.clean_logits(apply_query(xb, dy, dx, f)) for dy, dx, f in self.queries]
-                out.append(torch.stack(per_query, 1).float().cpu().numpy().astype(self.dtype, copy=False))
+        with preserved_rng(module.device):
+            out = collect_logits(module.clean_logits, self.x, self.queries, self.batch_size, self.dtype, module.device)
         self._seconds[0] += time.perf_counter() - t0
-        return np.concatenate(out)
+        return out
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -16,14 +16,16 @@ raises through the ``dropout`` argument every builder accepts.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from mia_bench.registry import Registry
+
 __all__ = [
+    "MODELS",
     "NORMS",
     "Classifier",
     "create_model",
@@ -34,8 +36,6 @@ __all__ = [
 ]
 
 Builder = Callable[..., "Classifier"]
-
-_REGISTRY: dict[str, Builder] = {}
 
 #: Accepted values of the ``norm`` argument of the conv families that use normalisation.
 NORMS = ("batch", "group", "none")
@@ -145,39 +145,18 @@ def image_shape(input_shape: Sequence[int], model: str) -> tuple[int, int, int]:
 
 
 # -------------------------------------------------------------------------------------------- registry
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator registering ``fn(input_shape, num_classes, **kwargs) -> Classifier`` under ``name``."""
-
-    def decorator(fn: Builder) -> Builder:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"model {name!r} is already registered (by {_REGISTRY[name].__qualname__})")
-        _REGISTRY[name] = fn
-        return fn
-
-    return decorator
+MODELS: Registry[Builder] = Registry("model")
+#: Decorator registering ``fn(input_shape, num_classes, **kwargs) -> Classifier`` under a name.
+register_model = MODELS.register
 
 
 def list_models() -> list[str]:
     """Sorted registered model names."""
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def get_model_builder(name: str) -> Builder:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; registered models: {list_models()}") from None
-
-
-def _accepted_kwargs(builder: Builder) -> tuple[list[str], bool]:
-    params = list(inspect.signature(builder).parameters.values())[2:]  # skip input_shape, num_classes
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-    names = [
-        p.name
-        for p in params
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    ]
-    return names, var_kw
+    return MODELS.get(name)
 
 
 def create_model(name: str, input_shape: Sequence[int], num_classes: int, **kwargs) -> Classifier:
@@ -186,13 +165,9 @@ def create_model(name: str, input_shape: Sequence[int], num_classes: int, **kwar
     Raises ``ValueError`` for an unknown name and ``TypeError`` for a keyword argument the builder does
     not accept (both messages list what is accepted).
     """
-    builder = get_model_builder(name)
-    accepted, var_kw = _accepted_kwargs(builder)
-    unknown = sorted(k for k in kwargs if k not in accepted)
-    if unknown and not var_kw:
-        raise TypeError(f"model {name!r} got unexpected argument(s) {unknown}; accepted: {accepted}")
+    MODELS.check_kwargs(name, kwargs, skip=2)  # input_shape, num_classes
     shape = tuple(int(s) for s in input_shape)
-    model = builder(shape, int(num_classes), **kwargs)
+    model = MODELS.get(name)(shape, int(num_classes), **kwargs)
     if not isinstance(model, Classifier):
         raise TypeError(f"builder of model {name!r} returned {type(model).__name__}, not a Classifier")
     model.model_name = name

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mia_bench.io import atomic_write_text
+from mia_bench.atomic import atomic_write_text
 from mia_bench.report.aggregate import METRICS, STRONGEST, collect, pivot_table, privacy_utility_table
 
 

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from mia_bench.io import atomic_write_bytes  # noqa: E402
+from mia_bench.atomic import atomic_write_bytes, save_figure  # noqa: E402
 
 
 def loglog_roc_axes(ax, title: str) -> None:
@@ -40,10 +40,7 @@ def plot_roc(rocs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, t
         ax.plot(fpr, tpr, label=name, lw=1.4, color=colors[(2 * i) % 20 + (i // 10) % 2])
     loglog_roc_axes(ax, title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def save_roc_curves(rocs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path) -> None:

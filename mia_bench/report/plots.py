@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from pathlib import Path
@@ -15,19 +14,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from mia_bench.io import atomic_write_bytes  # noqa: E402
+from mia_bench.atomic import save_figure  # noqa: E402
 from mia_bench.report.aggregate import METRICS, STRONGEST, defense_order, pick_attack, row_keys  # noqa: E402
 from mia_bench.report.outputs import loglog_roc_axes  # noqa: E402
 
 log = logging.getLogger(__name__)
 MARKERS = "osD^vP*Xh<>p"
-
-
-def _save(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _colors(defenses: list[str]) -> dict[str, tuple]:
@@ -107,7 +99,7 @@ def privacy_utility_scatter(
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return pts
 
 
@@ -162,6 +154,6 @@ def roc_overlays(
         loglog_roc_axes(ax, f"{dataset}: {what}, one curve per defense")
         fig.tight_layout()
         path = Path(out_dir) / f"roc_{re.sub(r'[^A-Za-z0-9_.-]+', '_', str(dataset))}.png"
-        _save(fig, path)
+        save_figure(fig, path)
         written.append(path)
     return written

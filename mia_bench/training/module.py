@@ -1,6 +1,6 @@
 """The plain classifier LightningModule every defense builds on.
 
-A defense that changes the loss or the step subclasses it (DESIGN.md: mixup, advreg, MID, SAM, DP-SGD); one that
+A defense that changes the loss or the step subclasses it (mixup, advreg, MID, SAM, DP-SGD); one that
 acts between steps is a callback that reads and writes the module; one that acts at inference is a *predictor*
 (``defense.predict`` in the config) that wraps :meth:`ClassifierModule.clean_logits`. ``predict_logits`` is the
 only path signal collection and utility use, so inference-time defenses are part of what the attacker queries.
@@ -28,7 +28,8 @@ class ClassifierModule(pl.LightningModule):
     """Cross-entropy training of a ``Classifier`` with batched augmentation.
 
     ``optimizer`` and ``scheduler`` are partials from the config (``_partial_: true``), so the same module
-    serves any recipe; ``scheduler`` receives the optimizer and the number of epochs.
+    serves any recipe; ``scheduler`` receives the optimizer (and the number of epochs, see :meth:`make_scheduler`).
+    Subclasses take their own arguments as keywords and pass these on unchanged (``**base``).
     """
 
     def __init__(
@@ -102,6 +103,11 @@ class ClassifierModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         if self._epoch_sums:
             self.log_dict({k: total / max(count, 1) for k, (total, count) in self._epoch_sums.items()}, prog_bar=True)
+        if not self.automatic_optimization:
+            # Lightning steps schedulers only under automatic optimisation (SAM and advreg optimise by hand).
+            scheduler = self.lr_schedulers()
+            if scheduler is not None:
+                scheduler.step()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -127,21 +133,23 @@ class ClassifierModule(pl.LightningModule):
         self.model.train(was_training)
         return out
 
+    def make_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The config's LR schedule on ``optimizer`` (stepped once per epoch), or None without one.
+
+        A ``CosineAnnealingLR`` partial without ``T_max`` gets the trainer's ``max_epochs`` (1 when it has no
+        epoch bound), so the schedule spans the whole training run."""
+        factory = self.scheduler_factory
+        if factory is None:
+            return None
+        func = getattr(factory, "func", factory)
+        if func is torch.optim.lr_scheduler.CosineAnnealingLR and "T_max" not in getattr(factory, "keywords", {}):
+            epochs = self.trainer.max_epochs if self.trainer is not None and self.trainer.max_epochs else 1
+            return factory(optimizer, T_max=epochs)
+        return factory(optimizer)
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
+        scheduler = self.make_scheduler(optimizer)
+        if scheduler is None:
             return optimizer
-        epochs = self.trainer.max_epochs if self.trainer is not None and self.trainer.max_epochs else 1
-        scheduler = (
-            self.scheduler_factory(optimizer, T_max=epochs)
-            if _takes_t_max(self.scheduler_factory)
-            else self.scheduler_factory(optimizer)
-        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-
-
-def _takes_t_max(factory: Callable) -> bool:
-    func = getattr(factory, "func", factory)
-    return func is torch.optim.lr_scheduler.CosineAnnealingLR and "T_max" not in getattr(
-        factory, "keywords", {}
-    )

@@ -1,0 +1,73 @@
+"""Atomic file writes for every output: a run that is interrupted never leaves a half-written file behind.
+
+Also the one JSON encoding (numpy scalars and arrays) and the one way a figure is written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+@contextmanager
+def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
+    """Yield a binary file that replaces ``path`` only once the block completes (temporary file in the same
+    directory, fsync, ``os.replace``); on any error the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def jsonable(obj: Any, strict: bool = False) -> Any:
+    """``obj`` with numpy scalars and arrays turned into Python numbers and lists (recursively). ``strict``: NaN
+    and infinities become None, as strict JSON (and every JSON reader outside Python) requires."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v, strict) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v, strict) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return jsonable(obj.tolist(), strict)
+    if strict and isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str | Path, obj: Any, strict: bool = False, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON atomically (see :func:`jsonable` for ``strict``)."""
+    atomic_write_text(path, json.dumps(jsonable(obj, strict), indent=indent, allow_nan=not strict))
+
+
+def save_figure(fig, path: str | Path, dpi: int = 130) -> None:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
