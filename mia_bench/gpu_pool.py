@@ -120,9 +120,9 @@ def register_resolvers() -> None:
 
 
 @contextlib.contextmanager
-def job_device(cfg) -> Iterator[int | None]:
+def job_device(trainer) -> Iterator[int | None]:
     """For ``python -m mia_bench``: when ``MIA_BENCH_GPU_POOL`` is set (``hydra/launcher=gpus``) and CUDA devices
-    are visible, lease one for the job and point the config's trainer at it; otherwise do nothing."""
+    are visible, lease one for the job and point the ``trainer`` config node at it; otherwise do nothing."""
     lock_dir = os.environ.get(ENV_LOCK_DIR)
     if not lock_dir:
         yield None
@@ -130,11 +130,11 @@ def job_device(cfg) -> Iterator[int | None]:
     import torch  # device_count() asks NVML and does not initialise CUDA in this process
 
     n = torch.cuda.device_count()
-    if n == 0 or str(cfg.trainer.get("accelerator", "auto")) == "cpu":
+    if n == 0 or str(trainer.get("accelerator", "auto")) == "cpu":
         log.warning("hydra/launcher=gpus but no CUDA device in use: running without a GPU lease")
         yield None
         return
     with lease_device(n, lock_dir) as i:
-        cfg.trainer.devices = [i]  # Lightning's devices=1 means cuda:0 whatever the current device is
+        trainer.devices = [i]  # Lightning's devices=1 means cuda:0 whatever the current device is
         torch.cuda.set_device(i)  # everything outside Lightning that says "cuda" (signals, utility) uses it too
         yield i

@@ -94,8 +94,12 @@ def test_build_attack_takes_the_config_file_and_overrides():
         build_attack("nope")
 
 
-MY_ATTACK = '''
+MY_CODE = '''
+import torch
+
 from mia_bench.attacks.base import Attack
+from mia_bench.data.base import ArrayData, RawDataset
+from mia_bench.training.module import ClassifierModule
 
 
 class NegLossAttack(Attack):
@@ -105,26 +109,65 @@ class NegLossAttack(Attack):
 
     def score(self, signals, target, reference):
         return -signals.loss[target, :, 0]
+
+
+class L1Module(ClassifierModule):
+    """A defense that changes the loss: cross-entropy plus an L1 penalty on the weights."""
+
+    def __init__(self, *, l1: float = 1e-4, **base):
+        super().__init__(**base)
+        self.l1 = l1
+        self.defense_info["l1"] = l1
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss + self.l1 * sum(p.abs().sum() for p in self.model.parameters())
+
+
+def blobs(num_records: int = 400, seed: int = 0) -> RawDataset:
+    """Two Gaussian blobs in 8 dimensions."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(num_records) % 2
+    x = torch.randn(num_records, 8, generator=g) + 1.5 * y[:, None]
+    return RawDataset(name="blobs", train=ArrayData(x, y), test=None, num_classes=2)
 '''
 
+YAMLS = {
+    "attack/my_loss.yaml": "my_loss:\n  _target_: my_code.NegLossAttack   # the class\n",
+    "defense/my_l1.yaml": (
+        "# @package _global_\n"
+        "defense:\n  name: my_l1   # shown in tables\n  predict: null   # no inference-time wrapper\n"
+        "train:\n  module:\n    _target_: my_code.L1Module   # the module\n    l1: 0.001   # penalty weight\n"
+    ),
+    "dataset/blobs.yaml": (
+        "name: blobs   # shown in tables\nloader:\n  _target_: my_code.blobs   # the loader function\n"
+        "population_size: null   # the rest\ntest_size: 100   # records\npublic_size: 50   # records\n"
+        "train_augment: {crop_padding: 0, hflip: false}   # none\nquery_augment: {shift: 0, hflip: false}   # none\n"
+    ),
+}
 
-def test_a_new_attack_is_its_class_and_its_yaml(tmp_path, monkeypatch):
-    """README 'Adding an attack': write the class and conf/attack/<name>.yaml; attack=all then runs it."""
+
+def test_a_new_attack_defense_and_dataset_are_their_code_and_their_yaml(tmp_path, monkeypatch):
+    """README 'Adding an attack, a defense, a dataset': the code (here the user's own module) and one YAML each;
+    attack=all then runs the new attack, and the new defense and dataset are options of their groups."""
     from mia_bench.pipeline import run
 
-    (tmp_path / "my_attacks.py").write_text(MY_ATTACK)
+    (tmp_path / "my_code.py").write_text(MY_CODE)
     monkeypatch.syspath_prepend(str(tmp_path))
     conf = tmp_path / "conf"
     shutil.copytree(CONFIG_DIR, conf, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    (conf / "attack" / "my_loss.yaml").write_text(
-        "# My attack.\nmy_loss:\n  _target_: my_attacks.NegLossAttack   # the class\n")
+    for rel, text in YAMLS.items():
+        (conf / rel).write_text(text)
     register_bundles(conf)
     try:
-        cfg = compose([*TINY, "attack=all", "logger=none", f"paths.output_dir={tmp_path / 'run'}"], config_dir=conf)
+        overrides = [*TINY, "+dataset=blobs", "+defense=my_l1", "attack=all", "logger=none",
+                     f"paths.output_dir={tmp_path / 'run'}"]
+        cfg = compose(overrides, config_dir=conf)
         assert "my_loss" in cfg.attack and "loss" in cfg.attack
         cfg.attack = {k: cfg.attack[k] for k in ("loss", "my_loss")}  # keep the run short
-        records = {r["attack"]: r for r in run(cfg)}
+        records = {r["attack"]: r for r in run(cfg, {"dataset": "blobs", "defense": "my_l1"})}
     finally:
         register_bundles()  # the package's own tree again
     assert records["my_loss"]["auc_mean"] == records["loss"]["auc_mean"]  # the same score as the LOSS attack
+    assert records["loss"]["defense/l1"] == 0.001 and records["loss"]["n_records"] == 250
     assert "my_loss" not in compose(["attack=all"]).attack

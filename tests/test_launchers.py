@@ -176,7 +176,7 @@ def test_lock_names_follow_cuda_visible_devices():
 
 def test_job_device_points_the_trainer_at_the_leased_gpu(tmp_path, monkeypatch):
     cfg = OmegaConf.create({"trainer": {"accelerator": "auto", "devices": 1}})
-    with job_device(cfg) as i:  # no MIA_BENCH_GPU_POOL: nothing happens
+    with job_device(cfg.trainer) as i:  # no MIA_BENCH_GPU_POOL: nothing happens
         assert i is None and cfg.trainer.devices == 1
 
     set_to = []
@@ -185,7 +185,7 @@ def test_job_device_points_the_trainer_at_the_leased_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", set_to.append)
     monkeypatch.setattr(gpu_pool, "_last_leased", None)
     with lease_device(2, tmp_path):  # another job holds GPU 0
-        with job_device(cfg) as i:
+        with job_device(cfg.trainer) as i:
             assert i == 1 and cfg.trainer.devices == [1] and set_to == [1]
             with pytest.raises(TimeoutError):  # both GPUs are now held
                 with lease_device(2, tmp_path, timeout_s=0):
@@ -194,5 +194,5 @@ def test_job_device_points_the_trainer_at_the_leased_gpu(tmp_path, monkeypatch):
         pass
 
     cpu = OmegaConf.create({"trainer": {"accelerator": "cpu", "devices": 1}})
-    with job_device(cpu) as i:  # trainer forced to CPU: no lease
+    with job_device(cpu.trainer) as i:  # trainer forced to CPU: no lease
         assert i is None and cpu.trainer.devices == 1

@@ -1,4 +1,4 @@
-"""How hard each record is, and how that relates to its final vulnerability (METHODS.md, "Dynamics analysis").
+"""How hard each record is, and how that relates to its final vulnerability (docs/dynamics.md).
 
 Measured per model at the end of training (in the recorder, on the model's device) and aggregated over models
 here:

@@ -21,10 +21,6 @@ log = logging.getLogger(__name__)
 MAX_TAG = 64  # W&B rejects longer tags
 
 
-def is_wandb(cfg: DictConfig) -> bool:
-    return cfg.get("logger") is not None and str(cfg.logger.get("_target_", "")).endswith("WandbLogger")
-
-
 def choice_tags(choices: dict[str, Any], extra: list[str] | tuple[str, ...] = ()) -> list[str]:
     """``group=option`` for every Hydra choice (list choices such as ``attack=[loss,rmia]`` joined by commas),
     plus the user's own tags, each cut to W&B's 64-character limit."""

@@ -1,5 +1,5 @@
-"""Pre-batched tensor iteration: Lightning fed by a DataLoader over a TensorDataset runs at 0.4x the speed of a
-plain tensor loop on small models (DESIGN.md, measured); indexing the whole tensor once per batch runs at 0.68x.
+"""Pre-batched tensor iteration: on small models Lightning fed by a DataLoader over a TensorDataset ran at 0.4x the
+speed of a plain tensor loop, fed by indexing the whole tensor once per batch at 0.68x (measured on 2 CPU cores).
 Lightning accepts any sized iterable as a dataloader, so this is all the data path needs."""
 
 from __future__ import annotations
