@@ -171,3 +171,17 @@ def test_a_new_attack_defense_and_dataset_are_their_code_and_their_yaml(tmp_path
     assert records["my_loss"]["auc_mean"] == records["loss"]["auc_mean"]  # the same score as the LOSS attack
     assert records["loss"]["defense/l1"] == 0.001 and records["loss"]["n_records"] == 250
     assert "my_loss" not in compose(["attack=all"]).attack
+
+
+def test_every_config_line_is_commented_and_short():
+    """A comment on every key (what it means, or why this value), and lines a reader does not scroll."""
+    bare, long = [], []
+    for path in sorted(CONFIG_DIR.rglob("*.yaml")):
+        for no, line in enumerate(path.read_text().splitlines(), 1):
+            where = f"{path.relative_to(CONFIG_DIR)}:{no}"
+            if len(line) > 120:
+                long.append(where)
+            stripped = line.strip()
+            if stripped and not stripped.startswith("#") and " #" not in line:
+                bare.append(f"{where}: {stripped}")
+    assert long == [] and bare == []

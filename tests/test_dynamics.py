@@ -123,14 +123,23 @@ def test_global_threshold_flags_floor_fpr_of_out_pairs():
         V.global_threshold(scores, masks, 1.0)
 
 
-def test_loo_scores_are_lira_with_every_other_model_as_reference():
+def test_loo_scores_are_lira_with_every_other_model_but_the_partner_as_reference():
     sig = make_synthetic_signals(num_models=6, num_records=120, num_queries=1, seed=3)
     attack = LiRA(online=True)
     scores = V.loo_scores(sig.logits, sig.labels, sig.masks, attack)
     assert scores.shape == (6, 120)
-    for t in (0, 5):
-        ref = np.array([k for k in range(6) if k != t])
-        assert np.array_equal(scores[t], LiRA(online=True).score(sig, t, ref))
+    for t, ref in ((0, [2, 3, 4, 5]), (5, [0, 1, 2, 3])):  # paired masks: 1 is 0's partner, 4 is 5's
+        assert np.array_equal(scores[t], LiRA(online=True).score(sig, t, np.array(ref)))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_per_record_advantage_is_zero_on_null_signals(seed):
+    """Membership independent of the logits: the mean TPR_i - FPR_i must be 0 (it was -0.03 with the target's
+    complementary partner among the references, whose mask is the target's answer key)."""
+    sig = make_synthetic_signals(num_models=8, num_records=2000, num_queries=1, independent=True, seed=seed)
+    scores = V.loo_scores(sig.logits, sig.labels, sig.masks, LiRA(online=True))
+    tpr, fpr, _, _ = V.per_record_rates(scores, sig.masks, 0.05)
+    assert abs(np.nanmean(tpr - fpr)) < 0.01
 
 
 # ---------------------------------------------------------------------------------------------- hardness
@@ -352,7 +361,7 @@ def test_analysis_of_synthetic_snapshots_writes_every_output(tmp_path):
     from mia_bench.dynamics.config import DynamicsSettings
 
     rng = np.random.default_rng(0)
-    k, e, n, c = 8, 3, 120, 4
+    k, e, n, c = 16, 3, 120, 4
     masks = np.zeros((k, n), bool)
     for j in range(k // 2):
         half = rng.permutation(n)[: n // 2]

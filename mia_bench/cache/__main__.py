@@ -54,52 +54,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="cache folder (default: $MIA_BENCH_CACHE or ./cache)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="one line per entry: kind, key, size, age, last use, description")
-    prune = sub.add_parser("prune", help="remove entries (dry run unless --yes)")
-    prune.add_argument("--older-than", default=None, help="not used for this long, e.g. 7d, 12h, 30m, 3600")
-    prune.add_argument("--key", action="append", default=[], help="key or key prefix (repeatable)")
-    prune.add_argument("--kind", choices=KINDS, default=None, help="only this kind of entry")
-    prune.add_argument("--incomplete", action="store_true", help="partial entries and leftover temporary folders")
-    prune.add_argument("--all", action="store_true", help="every entry")
-    prune.add_argument("--yes", "-y", action="store_true", help="really delete (default: dry run, print only)")
+    pruning = sub.add_parser("prune", help="remove entries (dry run unless --yes)")
+    pruning.add_argument("--older-than", default=None, help="not used for this long, e.g. 7d, 12h, 30m, 3600")
+    pruning.add_argument("--key", action="append", default=[], help="key or key prefix (repeatable)")
+    pruning.add_argument("--kind", choices=KINDS, default=None, help="only this kind of entry")
+    pruning.add_argument("--incomplete", action="store_true", help="partial entries and leftover temporary folders")
+    pruning.add_argument("--all", action="store_true", help="every entry")
+    pruning.add_argument("--yes", "-y", action="store_true", help="really delete (default: dry run, print only)")
     args = parser.parse_args(argv)
 
     store = EntryStore(args.dir if args.dir is not None else default_dir())
-    entries = store.scan()
-    now = time.time()
     if args.command == "list":
-        if not entries:
-            print(f"cache {store.root}: empty")
-            return 0
-        print(f"{'kind':<8} {'key':<24} {'size':>9} {'age':>6} {'used':>6}  description")
-        for e in entries:
-            print(
-                f"{e.kind:<8} {e.key[:24]:<24} {_human_size(e.size):>9} {_human_age(now - e.created):>6} "
-                f"{_human_age(now - e.last_used):>6}  {e.description}"
-            )
-        total = sum(e.size for e in entries)
-        print(f"{len(entries)} entries, {_human_size(total)} in {store.root}")
-        return 0
-
+        return list_entries(store)
     if not (args.all or args.older_than or args.key or args.incomplete):
         parser.error("prune: choose what to remove: --older-than AGE, --key KEY, --incomplete or --all")
     try:
         max_age = parse_age(args.older_than) if args.older_than else None
     except ValueError as err:
         parser.error(str(err))
-    chosen = []
+    return prune_entries(store, args, max_age)
+
+
+def list_entries(store: EntryStore) -> int:
+    entries, now = store.scan(), time.time()
+    if not entries:
+        print(f"cache {store.root}: empty")
+        return 0
+    print(f"{'kind':<8} {'key':<24} {'size':>9} {'age':>6} {'used':>6}  description")
     for e in entries:
-        if args.kind and e.kind != args.kind:
-            continue
-        if args.all:
-            hit = True
-        else:
-            hit = (
-                (max_age is not None and now - e.last_used > max_age)
-                or any(e.key.startswith(k) for k in args.key)
-                or (args.incomplete and not e.complete)
-            )
-        if hit:
-            chosen.append(e)
+        print(
+            f"{e.kind:<8} {e.key[:24]:<24} {_human_size(e.size):>9} {_human_age(now - e.created):>6} "
+            f"{_human_age(now - e.last_used):>6}  {e.description}"
+        )
+    print(f"{len(entries)} entries, {_human_size(sum(e.size for e in entries))} in {store.root}")
+    return 0
+
+
+def prune_entries(store: EntryStore, args: argparse.Namespace, max_age: float | None) -> int:
+    """Remove (``--yes``) or list (dry run) the entries the options choose."""
+    now = time.time()
+    chosen = [
+        e for e in store.scan()
+        if (not args.kind or e.kind == args.kind)
+        and (
+            args.all
+            or (max_age is not None and now - e.last_used > max_age)
+            or any(e.key.startswith(k) for k in args.key)
+            or (args.incomplete and not e.complete)
+        )
+    ]
     verb = "removing" if args.yes else "would remove"
     for e in chosen:
         used = _human_age(now - e.last_used)
