@@ -1,10 +1,11 @@
 """Compare two runs' metrics.json field by field (records matched by attack), ignoring timings.
 
-    python benchmarks/compare_metrics.py OLD_RUN_DIR NEW_RUN_DIR
+    python benchmarks/compare_metrics.py OLD_RUN_DIR NEW_RUN_DIR [--within-ci]
 
 Exit status 0 when every number is identical (bit for bit) and the same fields are present, 1 otherwise. Used to
-check that a refactor or a speed-up changes no result: run the default cell on the old and the new code with the
-same seed, then compare.
+check that a refactor changes no result: run the default cell on the old and the new code with the same seed, then
+compare. ``--within-ci``: for a change that may move numbers by float rounding (the ensemble path), require
+instead that every metric's new mean lies within the old run's bootstrap interval, and report the largest move.
 """
 
 from __future__ import annotations
@@ -49,10 +50,26 @@ def compare(old: dict[str, dict], new: dict[str, dict]) -> list[str]:
     return problems
 
 
+def within_ci(old: dict[str, dict], new: dict[str, dict]) -> list[str]:
+    problems, worst = [], (0.0, "")
+    for attack in sorted(set(old) & set(new)):
+        a, b = old[attack], new[attack]
+        for key in sorted(k[: -len("_mean")] for k in a if k.endswith("_mean") and f"{k[:-5]}_ci_low" in a):
+            lo, hi, m = a[f"{key}_ci_low"], a[f"{key}_ci_high"], b.get(f"{key}_mean")
+            if m is None or not lo <= m <= hi:
+                problems.append(f"{attack}: {key}_mean {m!r} outside the old interval [{lo}, {hi}]")
+            move = abs(m - a[f"{key}_mean"]) if m is not None else math.inf
+            worst = max(worst, (move, f"{attack}: {key}"))
+    print(f"every mean within the old interval: {not problems}; largest move {worst[0]:.2e} ({worst[1]})")
+    return problems
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    args = [a for a in sys.argv[1:] if a != "--within-ci"]
+    if len(args) != 2:
         sys.exit(__doc__)
-    diffs = compare(load(Path(sys.argv[1])), load(Path(sys.argv[2])))
+    check = within_ci if "--within-ci" in sys.argv else compare
+    diffs = check(load(Path(args[0])), load(Path(args[1])))
     for line in diffs:
         print(line)
     sys.exit(1 if diffs else 0)

@@ -30,7 +30,9 @@ from mia_bench.training.train import Recipe, train_models
 from tests.conftest import CONF, ROOT, TINY
 
 DEFENSES = sorted(p.stem for p in (CONF / "defense").glob("*.yaml"))
-FAST = [*TINY, "attack=[loss]", "logger=none"]
+# One model per Trainer.fit, so that counting fits counts models (tests/test_ensemble.py covers the ensemble path's
+# cache interplay).
+FAST = [*TINY, "attack=[loss]", "logger=none", "train.engine=sequential"]
 
 
 @pytest.fixture
@@ -252,6 +254,7 @@ def _small(compose_cfg, *extra):
             "trainer.enable_progress_bar=false",
             "trainer.accelerator=cpu",
             "logger=none",
+            "train.engine=sequential",
             *extra,
         ]
     )

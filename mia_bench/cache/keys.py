@@ -32,6 +32,8 @@ TRAINER_KEYS_IGNORED = (
     "devices",
     "num_nodes",
 )
+#: Training settings that choose how models are computed, not which: one at a time or together, the same models.
+TRAIN_KEYS_IGNORED = ("engine", "ensemble_size")
 #: Dataset-loader settings that locate data rather than define it (the data fingerprint covers the content).
 LOADER_KEYS_IGNORED = ("root", "path", "download")
 #: Source that determines a trained model, what it records while training, or its signals (package-relative).
@@ -104,6 +106,8 @@ def describe_recipe(cfg: DictConfig, recorded: dict | None = None) -> dict:
         out["analysis"] = recorded
     if isinstance(out.get("trainer"), dict):
         out["trainer"] = {k: v for k, v in out["trainer"].items() if k not in TRAINER_KEYS_IGNORED}
+    if isinstance(out.get("train"), dict):
+        out["train"] = {k: v for k, v in out["train"].items() if k not in TRAIN_KEYS_IGNORED}
     dataset = out.get("dataset")
     if isinstance(dataset, dict):
         if isinstance(dataset.get("loader"), dict):

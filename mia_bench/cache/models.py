@@ -9,7 +9,8 @@ augmentations and the dtype: a run that changes only the attack neither trains n
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any, TypeVar
 
 import lightning
@@ -70,6 +71,14 @@ class ModelCache:
             with self.store.lock("models", keys[k], blocking=True):
                 done[k] = obtain(k)
         return {k: done[k] for k in keys}
+
+    @contextmanager
+    def claim(self, keys: dict[int, str]) -> Iterator[set[int]]:
+        """Hold the build locks of the models in ``keys`` that no other job is building, for the block; yields
+        their indices (the others are being built elsewhere: obtain them later with :meth:`obtain_all`)."""
+        with ExitStack() as stack:
+            mine = {k for k, key in keys.items() if stack.enter_context(self.store.lock("models", key, False))}
+            yield mine
 
     def describe(self, what: str) -> str:
         """A line for ``python -m mia_bench.cache list``: what the entry is and the recipe it came from."""

@@ -91,6 +91,8 @@ class AdvRegModule(ClassifierModule):
         probs_hidden, label_hidden, combine_hidden: h's widths.
     """
 
+    ensemble_unsupported = "the min-max game steps an inference model and the classifier by hand, on its own batches"
+
     def __init__(
         self,
         *,

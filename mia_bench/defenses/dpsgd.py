@@ -146,6 +146,8 @@ class DPSGDModule(ClassifierModule):
     Opacus-compatible (:func:`make_dp_compatible`).
     """
 
+    ensemble_unsupported = "DP-SGD clips per-sample gradients of one model (Opacus hooks) on Poisson-sampled batches"
+
     def __init__(
         self,
         model: nn.Module,

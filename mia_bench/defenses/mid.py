@@ -62,6 +62,8 @@ class MIDModule(ClassifierModule):
     arguments (``optimizer``, ...) are accepted as keywords through ``**base``; ``model``'s head is replaced first.
     """
 
+    ensemble_unsupported = "the information bottleneck samples its noise inside the model's forward pass"
+
     def __init__(
         self,
         model: nn.Module,

@@ -119,15 +119,20 @@ class MixupModule(ClassifierModule):
     def dominant_labels(y_a: torch.Tensor, y_b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         return torch.where(lam >= 0.5, y_a, y_b)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def prepare_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         if not self.mixing:
-            return super().training_step(batch, batch_idx)
+            return super().prepare_batch(batch)
         x, y = batch
         mixed = self.mix(self.augment(x), y)
-        logits = self(mixed.x)
-        loss = self.mixup_loss(logits, mixed.y_a, mixed.y_b, mixed.lam)
-        acc = (logits.argmax(-1) == self.dominant_labels(mixed.y_a, mixed.y_b, mixed.lam)).float().mean()
-        self.log_epoch_mean({"train/loss": loss, "train/acc": acc, "train/lam": mixed.lam.mean()}, len(y))
+        return mixed.x, {"y_a": mixed.y_a, "y_b": mixed.y_b, "lam": mixed.lam}
+
+    def training_loss(self, logits: torch.Tensor, target: dict) -> torch.Tensor:
+        if "lam" not in target:
+            return super().training_loss(logits, target)
+        y_a, y_b, lam = target["y_a"], target["y_b"], target["lam"]
+        loss = self.mixup_loss(logits, y_a, y_b, lam)
+        acc = (logits.argmax(-1) == self.dominant_labels(y_a, y_b, lam)).float().mean()
+        self.log_epoch_mean({"train/loss": loss, "train/acc": acc, "train/lam": lam.mean()}, len(y_a))
         return loss
 
 

@@ -28,6 +28,8 @@ class SAMModule(ClassifierModule):
     :class:`ClassifierModule`'s arguments (``model``, ``optimizer``, ...) are accepted as keywords through ``**base``.
     """
 
+    ensemble_unsupported = "SAM takes two passes per step, perturbing each model by its own gradient norm"
+
     def __init__(self, *, rho: float = 0.05, adaptive: bool = False, **base) -> None:
         if not rho > 0:
             raise ValueError(f"rho={rho}: expected > 0 (radius of the SAM neighbourhood; e.g. 0.05)")

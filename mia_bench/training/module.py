@@ -79,9 +79,23 @@ class ClassifierModule(pl.LightningModule):
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         return random_crop_flip(x, self.crop_padding, self.hflip)
 
+    #: Why this module cannot train in the ensemble path (:mod:`mia_bench.training.ensemble`), or None when it
+    #: can: its step must be ``prepare_batch`` -> ``model`` -> ``training_loss`` with one automatic optimizer step.
+    ensemble_unsupported: str | None = None
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        inputs, target = self.prepare_batch(batch)
+        return self.training_loss(self.model(inputs), target)
+
+    def prepare_batch(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """The forward pass's input and what the loss needs besides the logits. Every random draw of a step
+        outside the model happens here, so the ensemble path can replay each model's own draws."""
         x, y = batch
-        logits = self(self.augment(x))
+        return self.augment(x), {"y": y}
+
+    def training_loss(self, logits: torch.Tensor, target: dict) -> torch.Tensor:
+        """The loss of a step from the logits and :meth:`prepare_batch`'s targets (and the epoch's metrics)."""
+        y = target["y"]
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         acc = (logits.argmax(-1) == y).float().mean()
         self.log_epoch_mean({"train/loss": loss, "train/acc": acc}, len(y))
@@ -133,18 +147,21 @@ class ClassifierModule(pl.LightningModule):
         self.model.train(was_training)
         return out
 
-    def make_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+    def make_scheduler(
+        self, optimizer: torch.optim.Optimizer, max_epochs: int | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler | None:
         """The config's LR schedule on ``optimizer`` (stepped once per epoch), or None without one.
 
-        A ``CosineAnnealingLR`` partial without ``T_max`` gets the trainer's ``max_epochs`` (1 when it has no
-        epoch bound), so the schedule spans the whole training run."""
+        A ``CosineAnnealingLR`` partial without ``T_max`` gets ``max_epochs`` (default: the trainer's; 1 when there
+        is no epoch bound), so the schedule spans the whole training run."""
         factory = self.scheduler_factory
         if factory is None:
             return None
         func = getattr(factory, "func", factory)
         if func is torch.optim.lr_scheduler.CosineAnnealingLR and "T_max" not in getattr(factory, "keywords", {}):
-            epochs = self.trainer.max_epochs if self.trainer is not None and self.trainer.max_epochs else 1
-            return factory(optimizer, T_max=epochs)
+            if max_epochs is None and self._trainer is not None:
+                max_epochs = self.trainer.max_epochs
+            return factory(optimizer, T_max=max_epochs or 1)
         return factory(optimizer)
 
     def configure_optimizers(self):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,11 +14,13 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
+from torch import nn
 
 from mia_bench.cache.models import ModelCache
 from mia_bench.data.base import ArrayData
 from mia_bench.data.splits import Splits, model_seed
 from mia_bench.loggers import model_logger
+from mia_bench.training.ensemble import EnsembleLoader, EnsembleModule, RandomState, ensemble_obstacle
 from mia_bench.training.loader import TensorBatchLoader
 from mia_bench.training.module import ClassifierModule
 
@@ -25,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: ``callbacks_for(k)``: callbacks the pipeline adds to model k's training (e.g. an analysis' recorder).
 CallbackFactory = Callable[[int], list[pl.Callback]]
+#: ``train.engine``: auto (the ensemble path where it is exact), ensemble (required), sequential (one at a time).
+ENGINES = ("auto", "ensemble", "sequential")
 
 
 @dataclass
@@ -96,12 +101,29 @@ def train_models(
 ) -> list[TrainedModel]:
     """Model k trained on ``splits.population[masks[k]]`` for every k in ``indices`` (default: all).
 
-    With a ``cache``, a model whose key is stored is loaded instead of trained, and each trained model is stored
-    as soon as it is done, so an interrupted run resumes at the next model and a larger K trains only the new ones.
+    Models train in groups in the ensemble path where that is exact, one at a time otherwise (``train.engine``;
+    :func:`choose_engine` logs which and why). With a ``cache``, a model whose key is stored is loaded instead of
+    trained, and each trained model (each group, in the ensemble path) is stored as soon as it is done, so an
+    interrupted run resumes there and a larger K trains only the new models.
     """
     indices = list(range(masks.shape[0]) if indices is None else indices)
     build_predictor(recipe, splits.public, model_seed(recipe.seed, 0))  # fail fast on a bad defense.predict
+    keys = {k: cache.model_key(k, model_seed(recipe.seed, k), masks[k]) for k in indices} if cache else {}
+    done: dict[int, TrainedModel] = {}
+    if cache is not None:  # what is stored is loaded, whatever the engine
+        for k in indices:
+            if (m := load_cached_model(recipe, splits, cache, keys[k], k, model_seed(recipe.seed, k))) is not None:
+                done[k] = m
+    missing = [k for k in indices if k not in done]
     lightning_log = logging.getLogger("lightning.pytorch")
+    if missing and choose_engine(recipe, splits, bool(callbacks_for), len(missing)) == "ensemble":
+        for group in ensemble_groups(missing, masks, recipe.train.get("ensemble_size")):
+            with cache.claim({k: keys[k] for k in group}) if cache else nullcontext(set(group)) as claimed:
+                for m in fit_group(recipe, splits, masks, [k for k in group if k in claimed], keys):
+                    done[m.index] = m
+                    if cache is not None:
+                        store_model(cache, m, model_seed(recipe.seed, m.index))
+            lightning_log.setLevel(logging.WARNING)  # Lightning's banner ("GPU available ...") once
     fitted = 0
 
     def obtain(k: int) -> TrainedModel:
@@ -118,20 +140,99 @@ def train_models(
                  int(masks[k].sum()), seed)
         module, seconds = fit_model(recipe, splits, masks[k], seed, k, extra)
         fitted += 1
+        trained = TrainedModel(k, module, seconds, from_cache=False, key=key)
         if cache is not None:
-            meta = {"seed": seed, "seconds": seconds, "defense_info": dict(module.defense_info)}
-            cache.save_model(key, k, module.state_dict(), module.artifacts, {**meta, "train_mode": module.training})
-        return TrainedModel(k, module, seconds, from_cache=False, key=key)
+            store_model(cache, trained, seed)
+        return trained
 
+    rest = [k for k in indices if k not in done]  # one at a time, or left by another job building them
     if cache is None:
-        keys: dict[int, str] = {}
-        done = {k: obtain(k) for k in indices}
-    else:
-        keys = {k: cache.model_key(k, model_seed(recipe.seed, k), masks[k]) for k in indices}
-        done = cache.obtain_all(keys, obtain)
-        log.info("models: %d from the cache, %d trained (cache %s)", len(done) - fitted, fitted, cache.store.root)
+        done |= {k: obtain(k) for k in rest}
+    elif rest:
+        done |= cache.obtain_all({k: keys[k] for k in rest}, obtain)
+    if cache is not None:
+        fits = sum(not m.from_cache for m in done.values())
+        log.info("models: %d from the cache, %d trained (cache %s)", len(done) - fits, fits, cache.store.root)
     lightning_log.setLevel(logging.NOTSET)
     return [done[k] for k in indices]
+
+
+def store_model(cache: ModelCache, m: TrainedModel, seed: int) -> None:
+    """Model ``m`` into the cache with what loading it needs besides its weights."""
+    module = m.module
+    meta = {"seed": seed, "seconds": m.seconds, "defense_info": dict(module.defense_info),
+            "train_mode": module.training}
+    cache.save_model(m.key, m.index, module.state_dict(), module.artifacts, meta)
+
+
+def choose_engine(recipe: Recipe, splits: Splits, callbacks: bool, count: int) -> str:
+    """``ensemble`` or ``sequential`` for ``count`` models of this recipe (``train.engine``: auto | ensemble |
+    sequential), with one log line saying which and why. Forcing the ensemble where it is not exact is an error.
+    ``callbacks``: whether the pipeline adds callbacks to each model (an analysis' recorder)."""
+    engine = str(recipe.train.get("engine", "auto"))
+    if engine not in ENGINES:
+        raise ValueError(f"train.engine={engine!r}: expected one of {list(ENGINES)}")
+    if engine == "sequential":
+        log.info("training %d model(s) one at a time (train.engine=sequential)", count)
+        return engine
+    pl.seed_everything(recipe.seed, workers=False, verbose=False)
+    callbacks = callbacks or any(c is not None for c in recipe.callbacks.values())  # the defense's, the analyses'
+    obstacle = ensemble_obstacle(build_module(recipe, splits), recipe.trainer, callbacks, bool(recipe.train.validate))
+    if obstacle and engine == "ensemble":
+        raise ValueError(f"train.engine=ensemble: {obstacle}; use train.engine=auto or sequential")
+    if obstacle or count < 2:
+        log.info("training %d model(s) one at a time: %s", count, obstacle or "a single model")
+        return "sequential"
+    size = recipe.train.get("ensemble_size") or count
+    log.info("training %d models in the ensemble path, up to %d at once (train.engine=%s)", count, size, engine)
+    return "ensemble"
+
+
+def ensemble_groups(ks: Sequence[int], masks: np.ndarray, size: int | None) -> list[list[int]]:
+    """The models to train together: as many records each (their batches line up), at most ``size`` per group."""
+    by_count: dict[int, list[int]] = {}
+    for k in ks:
+        by_count.setdefault(int(masks[k].sum()), []).append(k)
+    size = int(size) if size else len(ks)
+    if size < 1:
+        raise ValueError(f"train.ensemble_size={size}: expected a positive number of models, or null for all")
+    return [group[i : i + size] for group in by_count.values() for i in range(0, len(group), size)]
+
+
+def fit_group(
+    recipe: Recipe, splits: Splits, masks: np.ndarray, ks: Sequence[int], keys: dict[int, str]
+) -> list[TrainedModel]:
+    """Train models ``ks`` together in the ensemble path (see :mod:`mia_bench.training.ensemble`)."""
+    if not ks:
+        return []
+    device = resolve_device(recipe.trainer)
+    members, states, loaders, loggers = [], [], [], []
+    for k in ks:
+        seed = model_seed(recipe.seed, k)
+        pl.seed_everything(seed, workers=False, verbose=False)  # as fit_model: the same initial weights
+        module = build_module(recipe, splits)
+        states.append(RandomState(device))
+        member = torch.from_numpy(np.flatnonzero(masks[k]))
+        x, y = splits.population.x[member].to(device), splits.population.y[member].to(device)
+        loaders.append(module.make_train_loader(x, y, int(recipe.train.batch_size), bool(recipe.train.drop_last), seed))
+        module.attach_data(splits.population.subset(member), splits.public)
+        members.append(module)
+        loggers.append(model_logger(recipe.logger, k))
+    log.info("training models %s together on %d records each", list(ks), int(masks[ks[0]].sum()))
+    # vmap on a GPU (one kernel launch for G models); on a CPU only for models without convolutions (see forward).
+    convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in members[0].model.modules())
+    ensemble = EnsembleModule(members, states, loggers, vectorize=device.type == "cuda" or not convolutional)
+    trainer = instantiate(recipe.trainer, logger=False, callbacks=[])
+    t0 = time.perf_counter()
+    trainer.fit(ensemble, train_dataloaders=EnsembleLoader(loaders))
+    seconds = (time.perf_counter() - t0) / len(ks)
+    out = []
+    for k, module in zip(ks, ensemble.unstack(), strict=True):
+        module.to(device)
+        module.predictor = build_predictor(recipe, splits.public, model_seed(recipe.seed, k))
+        module.train_data = None
+        out.append(TrainedModel(k, module, seconds, from_cache=False, key=keys.get(k)))
+    return out
 
 
 def fit_model(

@@ -1,0 +1,204 @@
+"""Training a group of models at once: one Lightning fit, parameters and buffers stacked per model, one vmapped
+forward, each model on its own batches.
+
+Why by hand: no library trains many independent models with per-model data and per-model random streams under one
+optimizer step (``torch.func`` gives the stacking and the batched forward, nothing around them).
+
+Each member is an ordinary :class:`~mia_bench.training.module.ClassifierModule`, built exactly as the one-at-a-time
+path builds it (same seed, same initial weights). A step is, per member k, ``prepare_batch`` on member k's own
+batch (its augmentation and other draws, replayed from member k's own random state), then one forward of all
+members through ``vmap(functional_call)``, then per member ``training_loss``; the losses are summed, so each
+member's slice of the stacked parameters gets exactly its own gradient. With an element-wise optimizer (SGD with
+momentum or Nesterov, Adam, AdamW, ...) and a shared epoch schedule, every member then follows the trajectory it
+would follow alone, up to float rounding: batched matrix products sum in another order than one model's, so
+weights agree to about 1e-6 relative after a few epochs, a difference training then amplifies like any rounding.
+
+After the fit the members get their own copies of their slices and are used exactly like models trained one at a
+time (cache entries, predictors, signals).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from mia_bench.training.loader import TensorBatchLoader
+from mia_bench.training.module import ClassifierModule
+
+log = logging.getLogger(__name__)
+
+#: Optimizers whose update of a parameter depends only on that parameter's own values, gradient and state, so a
+#: step on the stack equals each model's step alone (a norm or a trust ratio over "all parameters" would not).
+ELEMENTWISE_OPTIMIZERS = (
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam,
+    torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adadelta,
+)
+
+
+class RandomState:
+    """A member's own torch random stream (CPU, and the CUDA device it trains on), swapped in around its draws."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    @contextmanager
+    def active(self):
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+        try:
+            yield
+        finally:
+            self.cpu = torch.get_rng_state()
+            if self.cuda is not None:
+                self.cuda = torch.cuda.get_rng_state(self.device)
+
+
+class EnsembleLoader:
+    """Batches of all members at once: ``(x [G, B, ...], y [G, B])``, member k's rows from its own
+    :class:`TensorBatchLoader` (its records, its seeded order). Members must have as many records each."""
+
+    def __init__(self, loaders: Sequence[TensorBatchLoader]) -> None:
+        sizes = {len(ld.x) for ld in loaders}
+        if len(sizes) != 1:
+            raise ValueError(f"an ensemble group needs members with as many records each; got sizes {sorted(sizes)}")
+        self.loaders = list(loaders)
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
+
+    def __iter__(self):
+        for batches in zip(*self.loaders, strict=True):
+            yield torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches])
+
+
+class EnsembleModule(pl.LightningModule):
+    """G members trained as one module (see the module docstring). ``states``: each member's random state right
+    after it was built; ``loggers``: each member's own logger (or None), written once per epoch."""
+
+    def __init__(
+        self, members: Sequence[ClassifierModule], states: Sequence[RandomState], loggers=None, vectorize: bool = True
+    ) -> None:
+        super().__init__()
+        self.vectorize = vectorize
+        self.members = list(members)  # a plain list: their parameters live in the stack below, not twice
+        self.states = list(states)
+        self.member_loggers = list(loggers) if loggers else [None] * len(self.members)
+        params, buffers = stack_module_state([m.model for m in self.members])
+        self.param_names, self.buffer_names = list(params), list(buffers)
+        self.stacked = nn.ParameterList([nn.Parameter(params[n]) for n in self.param_names])
+        for i, name in enumerate(self.buffer_names):
+            self.register_buffer(f"buffer_{i}", buffers[name])
+        # The architecture without weights; kept out of the module tree so that Lightning does not move it.
+        self._template = [copy.deepcopy(self.members[0].model).to("meta")]
+        self._forward = vmap(self._member_forward, in_dims=(0, 0, 0), randomness="error")
+
+    # ---------------------------------------------------------------------------------------------- forward
+    def stacked_buffers(self) -> list[torch.Tensor]:
+        return [getattr(self, f"buffer_{i}") for i in range(len(self.buffer_names))]
+
+    def _member_forward(self, params: list, buffers: list, x: torch.Tensor) -> torch.Tensor:
+        state = {**dict(zip(self.param_names, params, strict=True)),
+                 **dict(zip(self.buffer_names, buffers, strict=True))}
+        return functional_call(self._template[0], state, (x,))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[G, B, ...]`` inputs (member k's rows are its own) -> ``[G, B, C]`` logits: one vmapped forward, or
+        (``vectorize=False``) each member's forward on its slice of the stack in turn, which is faster on a CPU for
+        convolutions, where vmap's grouped convolutions and batch norms cost more than they save (measured 2.4x
+        slower than separate models for the cnn)."""
+        params, buffers = list(self.stacked), self.stacked_buffers()
+        if self.vectorize:
+            return self._forward(params, buffers, x)
+        return torch.stack([
+            self._member_forward([p[k] for p in params], [b[k] for b in buffers], x[k]) for k in range(len(x))
+        ])
+
+    # --------------------------------------------------------------------------------------------- training
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        inputs, targets = [], []
+        for k, member in enumerate(self.members):
+            with self.states[k].active():
+                xk, tk = member.prepare_batch((x[k], y[k]))
+            inputs.append(xk)
+            targets.append(tk)
+        logits = self(torch.stack(inputs))
+        return sum(m.training_loss(logits[k], targets[k]) for k, m in enumerate(self.members))
+
+    def on_train_start(self) -> None:
+        self._template[0].train()
+        for m in self.members:
+            m.train()
+
+    def on_train_epoch_start(self) -> None:
+        for m in self.members:
+            m.on_train_epoch_start()
+
+    def on_train_epoch_end(self) -> None:
+        """Each member's epoch means to its own logger; their mean over members to the progress bar."""
+        means = [{k: (total / max(count, 1)) for k, (total, count) in m._epoch_sums.items()} for m in self.members]
+        step = self.global_step
+        for lg, metrics in zip(self.member_loggers, means, strict=True):
+            if lg:
+                lg.log_metrics({k: float(v) for k, v in metrics.items()} | {"epoch": self.current_epoch}, step=step)
+                lg.save()
+        if means and means[0]:
+            self.log_dict({k: torch.stack([mm[k] for mm in means]).mean() for k in means[0]}, prog_bar=True)
+
+    def configure_optimizers(self):
+        optimizer = self.members[0].optimizer_factory(list(self.stacked))
+        if not isinstance(optimizer, ELEMENTWISE_OPTIMIZERS):
+            raise ValueError(
+                f"{type(optimizer).__name__} is not an element-wise optimizer: the ensemble path would mix the models"
+                " (set train.engine=sequential)"
+            )
+        scheduler = self.members[0].make_scheduler(optimizer, self.trainer.max_epochs)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # ----------------------------------------------------------------------------------------------- result
+    def unstack(self) -> list[ClassifierModule]:
+        """The members with their trained weights and buffers, each its own copy (as if trained alone)."""
+        buffers = self.stacked_buffers()
+        for k, member in enumerate(self.members):
+            state = {n: p[k].detach().clone() for n, p in zip(self.param_names, self.stacked, strict=True)}
+            state |= {n: b[k].detach().clone() for n, b in zip(self.buffer_names, buffers, strict=True)}
+            member.model.load_state_dict(state, strict=True)
+            member.train(self.training)
+        for lg in self.member_loggers:
+            if lg:
+                lg.finalize("success")
+        return self.members
+
+
+def ensemble_obstacle(module: ClassifierModule, trainer, callbacks: bool, validate: bool) -> str | None:
+    """Why models like ``module`` would not train exactly in the ensemble path (``trainer``: the Trainer's config;
+    ``callbacks``: whether callbacks act on each model), or None when they would."""
+    if module.ensemble_unsupported:
+        return module.ensemble_unsupported
+    if type(module).make_train_loader is not ClassifierModule.make_train_loader:
+        return f"{type(module).__name__} samples its own batches"
+    if callbacks:
+        return "callbacks act on one model at a time"
+    if validate:
+        return "per-epoch validation (train.validate) runs on one model at a time"
+    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in module.model.modules()):
+        return "dropout would draw the masks of all models at once, not each model's own"
+    if trainer.get("gradient_clip_val"):
+        return "gradient clipping takes one norm over all parameters"
+    if str(trainer.get("precision", "32-true")) in ("16-mixed", "16"):
+        return "fp16 loss scaling skips a step for every model when one model overflows"
+    if trainer.get("accumulate_grad_batches", 1) != 1:
+        return "gradient accumulation is not supported in the ensemble path"
+    return None

@@ -1,0 +1,135 @@
+"""The ensemble path: models trained together equal the same models trained one at a time (weights and logits,
+float32 on the CPU), the engine is chosen with a reason, and the cache cannot tell the two paths apart."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from mia_bench.cache.keys import describe_recipe
+from mia_bench.cache.models import open_cache
+from mia_bench.data.splits import make_masks
+from mia_bench.pipeline import load_data
+from mia_bench.training.train import Recipe, choose_engine, train_models
+
+#: Weights and logits must agree this closely (relative to each tensor's largest value): batched matrix products
+#: sum in another order than one model's (float32 rounding, ~1e-7), which a few epochs of training amplify.
+TOLERANCE = 1e-4
+SMALL = ["logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
+CIFAR_SHAPED = ["dataset=synthetic", "dataset.loader.num_records=300", "dataset.loader.input_shape=[3,16,16]",
+                "dataset.train_augment.crop_padding=2", "dataset.train_augment.hflip=true", "model=cnn",
+                "model.channels=[8,16]", "train=cifar", "train.batch_size=32"]
+
+
+def _both_ways(cfg, k: int):
+    recipe = Recipe.from_config(cfg)
+    _, splits = load_data(cfg.dataset, cfg.seed)
+    masks = make_masks(len(splits.population), k, "paired", 0)
+    recipe.train.engine = "sequential"
+    alone = train_models(recipe, splits, masks)
+    recipe.train.engine = "ensemble"
+    together = train_models(recipe, splits, masks)
+    return alone, together, splits
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("overrides", [
+    pytest.param(["train.epochs=3"], id="mlp-adam"),
+    pytest.param(["train.epochs=2", *CIFAR_SHAPED], id="cnn-batchnorm-crop-flip-sgd-cosine"),
+    pytest.param(["train.epochs=3", "defense=mixup"], id="mixup"),
+    pytest.param(["train.epochs=3", "defense=label_smoothing"], id="label_smoothing"),
+])
+def test_models_trained_together_equal_the_models_trained_one_at_a_time(compose_cfg, overrides):
+    cfg = compose_cfg([*SMALL, *overrides])
+    alone, together, splits = _both_ways(cfg, 4)
+    x = splits.test.x[:128]
+    for a, b in zip(alone, together, strict=True):
+        assert type(a.module) is type(b.module) and a.index == b.index
+        sa, sb = a.module.state_dict(), b.module.state_dict()
+        assert sa.keys() == sb.keys()
+        for name in sa:
+            if sa[name].is_floating_point():
+                assert _rel(sb[name], sa[name]) < TOLERANCE, (a.index, name, _rel(sb[name], sa[name]))
+            else:  # BatchNorm's step counter
+                assert torch.equal(sa[name], sb[name]), name
+        assert _rel(b.module.predict_logits(x), a.module.predict_logits(x)) < TOLERANCE
+        assert b.module.training == a.module.training
+
+
+def test_the_models_differ_from_each_other_and_from_their_initial_weights(compose_cfg):
+    """Guards the test above: equal results must not come from models that never trained or share weights."""
+    cfg = compose_cfg([*SMALL, "train.epochs=2"])
+    _, together, _ = _both_ways(cfg, 2)
+    w0, w1 = (m.module.model.head.weight for m in together)
+    assert _rel(w0, w1) > 0.05
+    pl.seed_everything(0, workers=False, verbose=False)
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    (["defense=sam"], "two passes"),
+    (["defense=dpsgd"], "per-sample gradients"),
+    (["defense=advreg"], "min-max"),
+    (["defense=mid"], "noise inside the model"),
+    (["defense=dropout"], "dropout"),
+    (["defense=adamixup"], "callbacks"),
+    (["defense=early_stopping"], "callbacks"),
+    (["train.validate=true"], "validation"),
+    (["+trainer.gradient_clip_val=1.0"], "gradient clipping"),
+])
+def test_the_engine_says_why_a_recipe_trains_one_at_a_time(compose_cfg, caplog, overrides, reason):
+    cfg = compose_cfg([*SMALL, *overrides])
+    recipe = Recipe.from_config(cfg)
+    _, splits = load_data(cfg.dataset, cfg.seed)
+    with caplog.at_level(logging.INFO, logger="mia_bench.training.train"):
+        assert choose_engine(recipe, splits, False, 4) == "sequential"
+    assert reason in caplog.text, caplog.text
+    recipe.train.engine = "ensemble"
+    with pytest.raises(ValueError, match=f"train.engine=ensemble.*{reason}"):
+        choose_engine(recipe, splits, False, 4)
+
+
+def test_auto_picks_the_ensemble_for_the_default_and_an_analysis_recorder_keeps_models_apart(compose_cfg):
+    cfg = compose_cfg(SMALL)
+    recipe = Recipe.from_config(cfg)
+    _, splits = load_data(cfg.dataset, cfg.seed)
+    assert choose_engine(recipe, splits, False, 16) == "ensemble"
+    assert choose_engine(recipe, splits, True, 16) == "sequential"  # e.g. +analysis=dynamics' recorder
+    assert choose_engine(recipe, splits, False, 1) == "sequential"
+    recipe.train.engine = "fastest"
+    with pytest.raises(ValueError, match="train.engine='fastest'.*auto"):
+        choose_engine(recipe, splits, False, 4)
+
+
+def test_the_cache_cannot_tell_the_paths_apart_and_a_killed_group_is_retrained_alone(compose_cfg, monkeypatch):
+    cfg = compose_cfg([*SMALL, "train.epochs=1", "train.ensemble_size=2"])
+    recipe = Recipe.from_config(cfg)
+    _, splits = load_data(cfg.dataset, cfg.seed)
+    masks = make_masks(len(splits.population), 6, "paired", 0)
+    cache = open_cache(cfg.cache, describe_recipe(cfg), population=splits.population)
+    fits = []
+    original = pl.Trainer.fit
+
+    def fit(self, module, *args, **kwargs):
+        fits.append(len(getattr(module, "members", [module])))
+        if len(fits) == 2:
+            raise KeyboardInterrupt("killed during the second group")
+        return original(self, module, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "fit", fit)
+    with pytest.raises(KeyboardInterrupt):
+        train_models(recipe, splits, masks[:4], cache=cache)
+    assert fits == [2, 2]  # the first group of two was stored before the kill
+    again = train_models(recipe, splits, masks[:4], cache=cache)
+    assert fits == [2, 2, 2] and [m.from_cache for m in again] == [True, True, False, False]
+    recipe.train.engine = "sequential"  # models trained together serve a run that trains one at a time
+    more = train_models(recipe, splits, masks, cache=cache)
+    assert fits == [2, 2, 2, 1, 1] and [m.from_cache for m in more] == [True] * 4 + [False] * 2
+    assert np.allclose(more[0].module.clean_logits(splits.test.x).numpy(),
+                       again[0].module.clean_logits(splits.test.x).numpy())
