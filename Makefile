@@ -1,7 +1,7 @@
 # Common tasks. Set-up once with `pip install -e ".[dev]"` (see README).
 PY ?= python
 
-.PHONY: install run test test-fast lint bench privacy-table privacy-table-mnist clean
+.PHONY: install run test test-fast lint bench gpu-check privacy-table privacy-table-mnist clean
 
 install:            ## install the package and the test tools (editable)
 	$(PY) -m pip install -e ".[dev]"
@@ -18,8 +18,11 @@ test-fast:          ## the fast tier: every module, no multi-cell runs or subpro
 lint:               ## ruff
 	$(PY) -m ruff check mia_bench tests benchmarks
 
-bench:              ## training speed of the Lightning path against a plain PyTorch loop, as ratios
+bench:              ## training speed: plain loop vs Lightning one at a time vs the ensemble path, as ratios
 	$(PY) benchmarks/bench_training.py
+
+gpu-check:          ## models per minute and GPU memory, one at a time vs ensemble, launcher, LiRA-64 projection (< 5 min)
+	$(PY) benchmarks/gpu_check.py
 
 DEFENSES = none,dropout,label_smoothing,weight_decay,early_stopping,mixup,adamixup,mixup_inference,mia_pruning,advreg,mia_pruning_advreg,dpsgd,mid,sam
 TABLE_ATTACKS = attack=[loss,lira_online,rmia]

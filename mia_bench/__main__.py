@@ -52,7 +52,8 @@ def run_job(cfg: DictConfig, choices: dict[str, str], hydra_cfg: DictConfig | No
     from mia_bench.report.wandb_run import finish_failed, start_run
 
     try:
-        with job_device(cfg.trainer):  # hydra/launcher=gpus: this job holds one GPU until it returns (or fails)
+        # hydra/launcher=gpus: this job holds one GPU (a place on it) until it returns or fails
+        with job_device(cfg.trainer, cfg.get("jobs_per_gpu", 1)):
             if logger_kind(cfg.get("logger")) == "wandb" and hydra_cfg is not None:
                 start_run(cfg, choices, hydra_cfg)
             try:

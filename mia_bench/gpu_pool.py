@@ -62,15 +62,19 @@ def lease_device(
     poll_s: float = 0.5,
     timeout_s: float | None = None,
     names: Sequence[str] | None = None,
+    slots: int = 1,
 ) -> Iterator[int]:
-    """Hold one of devices ``0..n_devices-1`` exclusively for the ``with`` block and yield its index.
+    """Hold one of ``slots`` places on one of devices ``0..n_devices-1`` for the ``with`` block and yield the
+    device's index (``slots`` > 1: that many jobs share a GPU, for small models that leave a large GPU idle).
 
-    Takes the first free device (the one this process held last first), waits (polling every ``poll_s``)
-    while all are held, and releases on exit, also on an exception. ``timeout_s`` (None = wait forever)
-    raises ``TimeoutError``."""
+    Takes a free place on the least loaded device (the one this process held last first among equals), waits
+    (polling every ``poll_s``) while all are held, and releases on exit, also on an exception. ``timeout_s``
+    (None = wait forever) raises ``TimeoutError``."""
     global _last_leased
     if n_devices < 1:
         raise ValueError(f"gpu pool n_devices={n_devices}: expected >= 1 (no CUDA device visible?)")
+    if slots < 1:
+        raise ValueError(f"jobs_per_gpu={slots}: expected >= 1")
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     names = list(names) if names is not None else device_names(n_devices)
@@ -78,24 +82,26 @@ def lease_device(
     if _last_leased is not None and _last_leased < n_devices:
         order.remove(_last_leased)
         order.insert(0, _last_leased)
+    # Slot 0 of every device before slot 1 of any: jobs spread over the GPUs before they share one.
+    places = [(i, slot) for slot in range(slots) for i in order]
     start, warned = time.monotonic(), False
     while True:
-        for i in order:
-            fd = _try_lock(lock_dir / f"gpu{names[i]}.lock")
+        for i, slot in places:
+            fd = _try_lock(lock_dir / (f"gpu{names[i]}.lock" if slot == 0 else f"gpu{names[i]}.{slot}.lock"))
             if fd is not None:
                 break
         else:
             waited = time.monotonic() - start
             if timeout_s is not None and waited >= timeout_s:
-                raise TimeoutError(f"no free GPU among {n_devices} in {lock_dir} after {waited:.0f}s")
+                raise TimeoutError(f"no free GPU among {n_devices} x {slots} in {lock_dir} after {waited:.0f}s")
             if not warned:
-                log.info("all %d GPUs leased (locks in %s): waiting for one to free up", n_devices, lock_dir)
+                log.info("all %d GPU places leased (locks in %s): waiting for one to free up", len(places), lock_dir)
                 warned = True
             time.sleep(poll_s)
             continue
         break
     _last_leased = i
-    log.info("leased GPU %d (%s) from %s", i, names[i], lock_dir)
+    log.info("leased GPU %d (%s, place %d of %d) from %s", i, names[i], slot + 1, slots, lock_dir)
     try:
         yield i
     finally:
@@ -111,18 +117,34 @@ def gpu_count() -> int:
     return max(1, torch.cuda.device_count())
 
 
+def jobs_per_gpu(value=1) -> int:
+    """The ``jobs_per_gpu`` setting of ``hydra/launcher=gpus`` as a positive int (1 when unset)."""
+    try:
+        n = int(1 if value in (None, "") else value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise ValueError(f"jobs_per_gpu={value!r}: expected a positive number of jobs sharing one GPU")
+    return n
+
+
 def register_resolvers() -> None:
-    """``${mia_bench.gpu_count:}`` for the launcher configs (registered by ``python -m mia_bench``)."""
+    """``${mia_bench.gpu_count:}`` and ``${mia_bench.gpu_jobs:<per GPU>}`` (visible GPUs x jobs per GPU) for the
+    launcher configs (registered by ``python -m mia_bench``)."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("mia_bench.gpu_count"):
         OmegaConf.register_new_resolver("mia_bench.gpu_count", gpu_count)
+    if not OmegaConf.has_resolver("mia_bench.gpu_jobs"):
+        OmegaConf.register_new_resolver("mia_bench.gpu_jobs", lambda per=None: gpu_count() * jobs_per_gpu(per))
+
 
 
 @contextlib.contextmanager
-def job_device(trainer) -> Iterator[int | None]:
+def job_device(trainer, per_gpu=1) -> Iterator[int | None]:
     """For ``python -m mia_bench``: when ``MIA_BENCH_GPU_POOL`` is set (``hydra/launcher=gpus``) and CUDA devices
-    are visible, lease one for the job and point the ``trainer`` config node at it; otherwise do nothing."""
+    are visible, lease one (one of ``per_gpu`` places on it) for the job and point the ``trainer`` config node at it;
+    otherwise do nothing."""
     lock_dir = os.environ.get(ENV_LOCK_DIR)
     if not lock_dir:
         yield None
@@ -134,7 +156,7 @@ def job_device(trainer) -> Iterator[int | None]:
         log.warning("hydra/launcher=gpus but no CUDA device in use: running without a GPU lease")
         yield None
         return
-    with lease_device(n, lock_dir) as i:
+    with lease_device(n, lock_dir, slots=jobs_per_gpu(per_gpu)) as i:
         trainer.devices = [i]  # Lightning's devices=1 means cuda:0 whatever the current device is
         torch.cuda.set_device(i)  # everything outside Lightning that says "cuda" (signals, utility) uses it too
         yield i

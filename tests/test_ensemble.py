@@ -45,6 +45,9 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     pytest.param(["train.epochs=2", *CIFAR_SHAPED], id="cnn-batchnorm-crop-flip-sgd-cosine"),
     pytest.param(["train.epochs=3", "defense=mixup"], id="mixup"),
     pytest.param(["train.epochs=3", "defense=label_smoothing"], id="label_smoothing"),
+    pytest.param(["train.epochs=2", *[o for o in CIFAR_SHAPED if not o.startswith(("model", "train"))],
+                  "model=fastnet", "model.width=8", "train=fast", "train.batch_size=32"],
+                 id="fastnet-whitening-onecycle-per-step"),
 ])
 def test_models_trained_together_equal_the_models_trained_one_at_a_time(compose_cfg, overrides):
     cfg = compose_cfg([*SMALL, *overrides])

@@ -196,3 +196,37 @@ def test_job_device_points_the_trainer_at_the_leased_gpu(tmp_path, monkeypatch):
     cpu = OmegaConf.create({"trainer": {"accelerator": "cpu", "devices": 1}})
     with job_device(cpu.trainer) as i:  # trainer forced to CPU: no lease
         assert i is None and cpu.trainer.devices == 1
+
+
+def test_two_jobs_can_share_a_gpu(tmp_path, monkeypatch):
+    """jobs_per_gpu=2: twice the jobs, two leases per GPU, spread before shared."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    hydra_cfg = _compose_hydra(["hydra/launcher=gpus", "jobs_per_gpu=2"]).hydra
+    assert hydra_cfg.launcher.n_jobs == 4
+    monkeypatch.setattr(gpu_pool, "_last_leased", None)
+    with lease_device(2, tmp_path, slots=2) as a, lease_device(2, tmp_path, slots=2) as b:
+        assert {a, b} == {0, 1}  # one job per GPU first
+        with lease_device(2, tmp_path, slots=2) as c, lease_device(2, tmp_path, slots=2) as d:
+            assert sorted([a, b, c, d]) == [0, 0, 1, 1]
+            with pytest.raises(TimeoutError, match="2 x 2"):
+                with lease_device(2, tmp_path, slots=2, timeout_s=0):
+                    pass
+    with pytest.raises(ValueError, match="jobs_per_gpu='none'"):
+        gpu_pool.jobs_per_gpu("none")
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_on_the_cpu_with_tiny_sizes():
+    """benchmarks/gpu_check.py --tiny: every model both ways, the launcher with two jobs per GPU, a projection."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
+    result = gpu_check.main(["--tiny", "--models", "cnn,fastnet"])
+    assert [r["model"] for r in result["rows"]] == ["cnn", "fastnet"]
+    for row in result["rows"]:
+        for engine in ("sequential", "ensemble"):
+            assert row[engine]["models_per_minute"] > 0, row
+        assert row["audit_hours"] > 0
+    assert result["launcher"]["returncode"] == 0 and result["launcher"]["jobs_done"] == 2, result["launcher"]

@@ -15,7 +15,7 @@ from mia_bench.models import registry as registry_mod
 from tests.conftest import CONF
 
 CONF_DIR = CONF / "model"
-EXPECTED = ["cnn", "lenet", "mlp", "mobilenet_v2", "resnet18", "vgg11", "vgg16", "wrn28_2"]
+EXPECTED = ["cnn", "fastnet", "lenet", "mlp", "mobilenet_v2", "resnet18", "vgg11", "vgg16", "wrn28_2"]
 CONV = [n for n in EXPECTED if n != "mlp"]
 NORMED = ["cnn", "vgg11", "vgg16", "resnet18", "wrn28_2", "mobilenet_v2"]
 SMALL = ["mlp", "lenet", "cnn"]  # cheap enough for every input shape
@@ -118,7 +118,7 @@ def test_gradient_flows(name):
     model = create_model(name, shape, NUM_CLASSES).train()
     y = torch.randint(0, NUM_CLASSES, (2,))
     nn.functional.cross_entropy(model(_x(shape)), y).backward()
-    params = list(model.named_parameters())
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # fastnet freezes its whitening
     missing = [n for n, p in params if p.grad is None]
     assert not missing, f"no gradient for {missing}"
     assert all(torch.isfinite(p.grad).all() for _, p in params)
@@ -226,3 +226,19 @@ def test_config_instantiates(path):
         dp = instantiate(cfg, input_shape=[1, 8, 8], num_classes=10, norm="group", dropout=0.2)
         assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in dp.modules())
         assert dp.dropout.p == 0.2
+
+
+def test_fastnet_whitening_layer_whitens_the_training_patches():
+    """Initialised from the records, the 2x2 layer maps their patches to unit-variance, uncorrelated channels (the
+    first half of its filters; the second half is their negative)."""
+    x = torch.randn(800, 3, 16, 16) * torch.tensor([1.0, 3.0, 0.3])[None, :, None, None] + 0.5
+    x[:, 1] += 0.8 * x[:, 0]  # correlated channels
+    model = create_model("fastnet", (3, 16, 16), NUM_CLASSES, width=8)
+    model.init_from_data(x)
+    with torch.no_grad():
+        out = model.whiten(x) - model.whiten.bias[None, :, None, None]
+    half = out[:, : out.shape[1] // 2].transpose(0, 1).reshape(out.shape[1] // 2, -1)
+    cov = half @ half.T / half.shape[1]
+    assert torch.allclose(cov, torch.eye(len(cov)), atol=0.05)
+    torch.testing.assert_close(out[:, out.shape[1] // 2 :], -out[:, : out.shape[1] // 2])
+    assert not model.whiten.weight.requires_grad and model.whiten.bias.requires_grad

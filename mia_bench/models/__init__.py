@@ -4,7 +4,7 @@
 >>> model = create_model("resnet18", input_shape=(3, 32, 32), num_classes=10, norm="group")
 """
 
-from . import cnn, lenet, mlp, mobilenet, resnet, vgg, wrn  # noqa: F401  (registers the models)
+from . import cnn, fastnet, lenet, mlp, mobilenet, resnet, vgg, wrn  # noqa: F401  (registers the models)
 from .registry import (
     NORMS,
     Classifier,

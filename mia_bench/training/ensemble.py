@@ -95,7 +95,10 @@ class EnsembleModule(pl.LightningModule):
         self.member_loggers = list(loggers) if loggers else [None] * len(self.members)
         params, buffers = stack_module_state([m.model for m in self.members])
         self.param_names, self.buffer_names = list(params), list(buffers)
-        self.stacked = nn.ParameterList([nn.Parameter(params[n]) for n in self.param_names])
+        trains = dict(self.members[0].model.named_parameters())
+        self.stacked = nn.ParameterList(
+            [nn.Parameter(params[n], requires_grad=trains[n].requires_grad) for n in self.param_names]
+        )
         for i, name in enumerate(self.buffer_names):
             self.register_buffer(f"buffer_{i}", buffers[name])
         # The architecture without weights; kept out of the module tree so that Lightning does not move it.
@@ -162,10 +165,11 @@ class EnsembleModule(pl.LightningModule):
                 f"{type(optimizer).__name__} is not an element-wise optimizer: the ensemble path would mix the models"
                 " (set train.engine=sequential)"
             )
-        scheduler = self.members[0].make_scheduler(optimizer, self.trainer.max_epochs)
+        first = self.members[0]
+        scheduler = first.make_scheduler(optimizer, self.trainer)
         if scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": first.schedule_per}}
 
     # ----------------------------------------------------------------------------------------------- result
     def unstack(self) -> list[ClassifierModule]:

@@ -40,13 +40,17 @@ class ClassifierModule(pl.LightningModule):
         label_smoothing: float = 0.0,
         crop_padding: int = 0,
         hflip: bool = False,
+        schedule_per: str = "epoch",
     ) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing}: expected a value in [0, 1)")
+        if schedule_per not in ("epoch", "step"):
+            raise ValueError(f"schedule_per={schedule_per!r}: expected 'epoch' or 'step' (when the schedule steps)")
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.schedule_per = schedule_per
         self.label_smoothing = float(label_smoothing)
         self.crop_padding = int(crop_padding)
         self.hflip = bool(hflip)
@@ -66,6 +70,13 @@ class ClassifierModule(pl.LightningModule):
         defenses that need them: advreg's reference set, AdaMixup's closed-loop leak probe, DP-SGD's N."""
         self.train_data = train
         self.public_data = public
+
+    def init_from_data(self) -> None:
+        """Data-dependent initialisation of the model from its own training records, where the architecture has one
+        (fastnet's whitening layer); called before training by both training paths."""
+        init = getattr(self.model, "init_from_data", None)
+        if init is not None and self.train_data is not None:
+            init(self.train_data.x)
 
     def make_train_loader(
         self, x: torch.Tensor, y: torch.Tensor, batch_size: int, drop_last: bool, seed: int
@@ -148,20 +159,28 @@ class ClassifierModule(pl.LightningModule):
         return out
 
     def make_scheduler(
-        self, optimizer: torch.optim.Optimizer, max_epochs: int | None = None
+        self, optimizer: torch.optim.Optimizer, trainer: pl.Trainer | None = None
     ) -> torch.optim.lr_scheduler.LRScheduler | None:
-        """The config's LR schedule on ``optimizer`` (stepped once per epoch), or None without one.
+        """The config's LR schedule on ``optimizer`` (stepped once per epoch, or per step with
+        ``schedule_per: step``), or None without one.
 
-        A ``CosineAnnealingLR`` partial without ``T_max`` gets ``max_epochs`` (default: the trainer's; 1 when there
-        is no epoch bound), so the schedule spans the whole training run."""
+        The schedule spans the whole run of ``trainer`` (default: this module's): a ``CosineAnnealingLR`` partial
+        without ``T_max`` gets its number of epochs (or of steps), a ``OneCycleLR`` partial without ``total_steps``
+        its number of steps (1 when there is no trainer or no bound)."""
         factory = self.scheduler_factory
         if factory is None:
             return None
-        func = getattr(factory, "func", factory)
-        if func is torch.optim.lr_scheduler.CosineAnnealingLR and "T_max" not in getattr(factory, "keywords", {}):
-            if max_epochs is None and self._trainer is not None:
-                max_epochs = self.trainer.max_epochs
-            return factory(optimizer, T_max=max_epochs or 1)
+        trainer = trainer or self._trainer
+        func, given = getattr(factory, "func", factory), getattr(factory, "keywords", {})
+
+        def steps() -> int:  # asking the trainer iterates the loader's length: only when needed
+            return int(trainer.estimated_stepping_batches) if trainer is not None else 1
+
+        if func is torch.optim.lr_scheduler.CosineAnnealingLR and "T_max" not in given:
+            epochs = (trainer.max_epochs if trainer is not None else None) or 1
+            return factory(optimizer, T_max=steps() if self.schedule_per == "step" else epochs)
+        if func is torch.optim.lr_scheduler.OneCycleLR and "total_steps" not in given:
+            return factory(optimizer, total_steps=steps())
         return factory(optimizer)
 
     def configure_optimizers(self):
@@ -169,4 +188,8 @@ class ClassifierModule(pl.LightningModule):
         scheduler = self.make_scheduler(optimizer)
         if scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        if self.schedule_per == "step" and not self.automatic_optimization:
+            raise ValueError(
+                f"schedule_per=step: {type(self).__name__} optimises by hand and steps its schedule once per epoch"
+            )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.schedule_per}}
