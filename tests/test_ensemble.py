@@ -45,6 +45,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     pytest.param(["train.epochs=2", *CIFAR_SHAPED], id="cnn-batchnorm-crop-flip-sgd-cosine"),
     pytest.param(["train.epochs=3", "defense=mixup"], id="mixup"),
     pytest.param(["train.epochs=3", "defense=label_smoothing"], id="label_smoothing"),
+    pytest.param(["train.epochs=3", "defense=adamixup"], id="adamixup-closed-loop-callback"),
     pytest.param(["train.epochs=2", *[o for o in CIFAR_SHAPED if not o.startswith(("model", "train"))],
                   "model=fastnet", "model.width=8", "train=fast", "train.batch_size=32"],
                  id="fastnet-whitening-onecycle-per-step"),
@@ -64,6 +65,9 @@ def test_models_trained_together_equal_the_models_trained_one_at_a_time(compose_
                 assert torch.equal(sa[name], sb[name]), name
         assert _rel(b.module.predict_logits(x), a.module.predict_logits(x)) < TOLERANCE
         assert b.module.training == a.module.training
+        assert b.module.defense_info.keys() == a.module.defense_info.keys()  # e.g. AdaMixup's ratios, per model
+        for key, value in a.module.defense_info.items():
+            assert b.module.defense_info[key] == pytest.approx(value, rel=TOLERANCE, abs=1e-6), key
 
 
 def test_the_models_differ_from_each_other_and_from_their_initial_weights(compose_cfg):
@@ -81,8 +85,8 @@ def test_the_models_differ_from_each_other_and_from_their_initial_weights(compos
     (["defense=advreg"], "min-max"),
     (["defense=mid"], "noise inside the model"),
     (["defense=dropout"], "dropout"),
-    (["defense=adamixup"], "callbacks"),
-    (["defense=early_stopping"], "callbacks"),
+    (["defense=mia_pruning"], "ADMMPruning"),
+    (["defense=early_stopping"], "BestModelEarlyStopping"),
     (["train.validate=true"], "validation"),
     (["+trainer.gradient_clip_val=1.0"], "gradient clipping"),
 ])
@@ -91,23 +95,27 @@ def test_the_engine_says_why_a_recipe_trains_one_at_a_time(compose_cfg, caplog, 
     recipe = Recipe.from_config(cfg)
     _, splits = load_data(cfg.dataset, cfg.seed)
     with caplog.at_level(logging.INFO, logger="mia_bench.training.train"):
-        assert choose_engine(recipe, splits, False, 4) == "sequential"
+        assert choose_engine(recipe, splits, None, 4) == "sequential"
     assert reason in caplog.text, caplog.text
     recipe.train.engine = "ensemble"
     with pytest.raises(ValueError, match=f"train.engine=ensemble.*{reason}"):
-        choose_engine(recipe, splits, False, 4)
+        choose_engine(recipe, splits, None, 4)
 
 
-def test_auto_picks_the_ensemble_for_the_default_and_an_analysis_recorder_keeps_models_apart(compose_cfg):
+def test_auto_picks_the_ensemble_where_callbacks_declare_they_act_on_their_own_model(compose_cfg):
+    from mia_bench.dynamics.recorder import DynamicsRecorder
+
     cfg = compose_cfg(SMALL)
     recipe = Recipe.from_config(cfg)
     _, splits = load_data(cfg.dataset, cfg.seed)
-    assert choose_engine(recipe, splits, False, 16) == "ensemble"
-    assert choose_engine(recipe, splits, True, 16) == "sequential"  # e.g. +analysis=dynamics' recorder
-    assert choose_engine(recipe, splits, False, 1) == "sequential"
+    recorder = DynamicsRecorder(splits.test.x, splits.test.y, [1, 2])
+    assert choose_engine(recipe, splits, None, 16) == "ensemble"
+    assert choose_engine(recipe, splits, lambda k: [recorder], 16) == "ensemble"  # +analysis=dynamics' recorder
+    assert choose_engine(recipe, splits, lambda k: [pl.Callback()], 16) == "sequential"  # one that does not say so
+    assert choose_engine(recipe, splits, None, 1) == "sequential"
     recipe.train.engine = "fastest"
     with pytest.raises(ValueError, match="train.engine='fastest'.*auto"):
-        choose_engine(recipe, splits, False, 4)
+        choose_engine(recipe, splits, None, 4)
 
 
 def test_the_cache_cannot_tell_the_paths_apart_and_a_killed_group_is_retrained_alone(compose_cfg, monkeypatch):
@@ -136,3 +144,28 @@ def test_the_cache_cannot_tell_the_paths_apart_and_a_killed_group_is_retrained_a
     assert fits == [2, 2, 2, 1, 1] and [m.from_cache for m in more] == [True] * 4 + [False] * 2
     assert np.allclose(more[0].module.clean_logits(splits.test.x).numpy(),
                        again[0].module.clean_logits(splits.test.x).numpy())
+
+
+def test_the_dynamics_recorder_records_the_same_snapshots_in_both_paths(compose_cfg):
+    """+analysis=dynamics in the ensemble path: each member's recorder sees its own model at each epoch."""
+    from mia_bench.analyses import RunInfo, build_analyses
+    from mia_bench.augment import query_offsets
+
+    cfg = compose_cfg([*SMALL, "train.epochs=4", "+analysis=dynamics", "analysis.dynamics.every=2",
+                       "analysis.dynamics.initial=true", "analysis.dynamics.dtype=float32"])
+    recipe = Recipe.from_config(cfg)
+    _, splits = load_data(cfg.dataset, cfg.seed)
+    masks = make_masks(len(splits.population), 4, "paired", 0)
+    [analysis] = build_analyses(cfg.analysis).values()
+    analysis.setup(RunInfo(4, 4, cfg.seed, cfg.model, False, splits.population, query_offsets()))
+    out = {}
+    for engine in ("sequential", "ensemble"):
+        recipe.train.engine = engine
+        out[engine] = train_models(recipe, splits, masks, callbacks_for=analysis.callbacks)
+    for a, b in zip(out["sequential"], out["ensemble"], strict=True):
+        assert a.module.artifacts.keys() == b.module.artifacts.keys()
+        np.testing.assert_array_equal(a.module.artifacts["dynamics/epochs"], [0, 2, 4])
+        np.testing.assert_array_equal(b.module.artifacts["dynamics/epochs"], [0, 2, 4])
+        for key in ("dynamics/logits", "dynamics/grad_norm"):
+            sa, sb = torch.from_numpy(a.module.artifacts[key]), torch.from_numpy(b.module.artifacts[key])
+            assert _rel(sb, sa) < TOLERANCE, key

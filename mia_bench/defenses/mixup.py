@@ -158,6 +158,8 @@ class AdaMixupScheduler(pl.Callback):
     ``signal_final`` (measured on the deployed model).
     """
 
+    ensemble_safe = True  # acts on its own module at epoch boundaries only (one controller per model)
+
     def __init__(
         self,
         schedule: str = "linear",

@@ -53,6 +53,8 @@ def preserved_rng(device: torch.device) -> Iterator[None]:
 class DynamicsRecorder(pl.Callback):
     """Snapshot ``clean_logits`` of the audit records at ``epochs`` (the last one is the final, deployed model)."""
 
+    ensemble_safe = True  # reads its own module at epoch boundaries only
+
     def __init__(
         self,
         x: torch.Tensor,

@@ -81,18 +81,31 @@ class EnsembleLoader:
             yield torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches])
 
 
+#: The callback hooks a member's callbacks get in the ensemble path, in the order Lightning calls them. A callback
+#: may train here when it declares ``ensemble_safe = True``: it uses only these hooks, the trainer's epoch counters
+#: and its own module (not the trainer's optimizers, loop or logged metrics).
+MEMBER_HOOKS = ("on_fit_start", "on_train_start", "on_train_epoch_start", "on_train_epoch_end", "on_train_end",
+                "on_fit_end")
+
+
 class EnsembleModule(pl.LightningModule):
     """G members trained as one module (see the module docstring). ``states``: each member's random state right
-    after it was built; ``loggers``: each member's own logger (or None), written once per epoch."""
+    after it was built; ``loggers``: each member's own logger (or None), written once per epoch; ``callbacks``: each
+    member's own callbacks (``ensemble_safe`` ones, see :data:`MEMBER_HOOKS`), called with that member.
+
+    During the fit each member's parameters and buffers are views of its slices of the stack, so a callback reading
+    or writing its member sees and changes the model being trained."""
 
     def __init__(
-        self, members: Sequence[ClassifierModule], states: Sequence[RandomState], loggers=None, vectorize: bool = True
+        self, members: Sequence[ClassifierModule], states: Sequence[RandomState], loggers=None, vectorize: bool = True,
+        callbacks: Sequence[Sequence[pl.Callback]] | None = None,
     ) -> None:
         super().__init__()
         self.vectorize = vectorize
         self.members = list(members)  # a plain list: their parameters live in the stack below, not twice
         self.states = list(states)
         self.member_loggers = list(loggers) if loggers else [None] * len(self.members)
+        self.member_callbacks = [list(c) for c in callbacks] if callbacks else [[] for _ in self.members]
         params, buffers = stack_module_state([m.model for m in self.members])
         self.param_names, self.buffer_names = list(params), list(buffers)
         trains = dict(self.members[0].model.named_parameters())
@@ -138,25 +151,60 @@ class EnsembleModule(pl.LightningModule):
         logits = self(torch.stack(inputs))
         return sum(m.training_loss(logits[k], targets[k]) for k, m in enumerate(self.members))
 
+    def _member_hook(self, hook: str) -> None:
+        """Lightning's order: the callbacks' hook first, then the module's."""
+        for member, callbacks in zip(self.members, self.member_callbacks, strict=True):
+            for cb in callbacks:
+                getattr(cb, hook)(self.trainer, member)
+            if hook in ("on_train_epoch_start", "on_train_end"):
+                getattr(member, hook)()
+
+    def _share_stack(self) -> None:
+        """Make every member's parameters and buffers views of its slices of the stack (on the stack's device)."""
+        buffers = self.stacked_buffers()
+        for k, member in enumerate(self.members):
+            own = dict(member.model.named_parameters())
+            for name, stacked in zip(self.param_names, self.stacked, strict=True):
+                own[name].data = stacked.data[k]
+            for name, stacked in zip(self.buffer_names, buffers, strict=True):
+                owner, _, leaf = name.rpartition(".")
+                member.model.get_submodule(owner)._buffers[leaf] = stacked[k]
+            member.to(self.device)  # only updates its device attribute: the views are there already
+
+    def on_fit_start(self) -> None:
+        self._share_stack()
+        self._member_hook("on_fit_start")
+
     def on_train_start(self) -> None:
         self._template[0].train()
         for m in self.members:
             m.train()
+        self._member_hook("on_train_start")
 
     def on_train_epoch_start(self) -> None:
-        for m in self.members:
-            m.on_train_epoch_start()
+        self._member_hook("on_train_epoch_start")
 
     def on_train_epoch_end(self) -> None:
-        """Each member's epoch means to its own logger; their mean over members to the progress bar."""
+        """The members' callbacks, then each member's epoch means (and what its callbacks logged) to its own logger;
+        their mean over members to the progress bar."""
+        for m in self.members:
+            m.logged = {}
+        self._member_hook("on_train_epoch_end")
         means = [{k: (total / max(count, 1)) for k, (total, count) in m._epoch_sums.items()} for m in self.members]
         step = self.global_step
-        for lg, metrics in zip(self.member_loggers, means, strict=True):
+        for lg, metrics, m in zip(self.member_loggers, means, self.members, strict=True):
             if lg:
-                lg.log_metrics({k: float(v) for k, v in metrics.items()} | {"epoch": self.current_epoch}, step=step)
+                values = {k: float(v) for k, v in metrics.items()} | m.logged | {"epoch": self.current_epoch}
+                lg.log_metrics(values, step=step)
                 lg.save()
         if means and means[0]:
             self.log_dict({k: torch.stack([mm[k] for mm in means]).mean() for k in means[0]}, prog_bar=True)
+
+    def on_train_end(self) -> None:
+        self._member_hook("on_train_end")
+
+    def on_fit_end(self) -> None:
+        self._member_hook("on_fit_end")
 
     def configure_optimizers(self):
         optimizer = self.members[0].optimizer_factory(list(self.stacked))
@@ -176,9 +224,14 @@ class EnsembleModule(pl.LightningModule):
         """The members with their trained weights and buffers, each its own copy (as if trained alone)."""
         buffers = self.stacked_buffers()
         for k, member in enumerate(self.members):
-            state = {n: p[k].detach().clone() for n, p in zip(self.param_names, self.stacked, strict=True)}
-            state |= {n: b[k].detach().clone() for n, b in zip(self.buffer_names, buffers, strict=True)}
-            member.model.load_state_dict(state, strict=True)
+            own = dict(member.model.named_parameters())
+            for name, stacked in zip(self.param_names, self.stacked, strict=True):
+                own[name].data = stacked.data[k].clone()
+            for name, stacked in zip(self.buffer_names, buffers, strict=True):
+                owner, _, leaf = name.rpartition(".")
+                member.model.get_submodule(owner)._buffers[leaf] = stacked[k].detach().clone()
+            member.to(stacked.device if self.param_names else self.device)
+            member.logged = None
             member.train(self.training)
         for lg in self.member_loggers:
             if lg:
@@ -186,15 +239,16 @@ class EnsembleModule(pl.LightningModule):
         return self.members
 
 
-def ensemble_obstacle(module: ClassifierModule, trainer, callbacks: bool, validate: bool) -> str | None:
+def ensemble_obstacle(module: ClassifierModule, trainer, callbacks: Sequence[type], validate: bool) -> str | None:
     """Why models like ``module`` would not train exactly in the ensemble path (``trainer``: the Trainer's config;
-    ``callbacks``: whether callbacks act on each model), or None when they would."""
+    ``callbacks``: the classes of the callbacks each model trains with), or None when they would."""
     if module.ensemble_unsupported:
         return module.ensemble_unsupported
     if type(module).make_train_loader is not ClassifierModule.make_train_loader:
         return f"{type(module).__name__} samples its own batches"
-    if callbacks:
-        return "callbacks act on one model at a time"
+    unsafe = sorted({c.__name__ for c in callbacks if not getattr(c, "ensemble_safe", False)})
+    if unsafe:
+        return f"callbacks {unsafe} act on the optimizer or the loop of one model at a time"
     if validate:
         return "per-epoch validation (train.validate) runs on one model at a time"
     if any(isinstance(m, nn.Dropout) and m.p > 0 for m in module.model.modules()):

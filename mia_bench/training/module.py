@@ -112,6 +112,16 @@ class ClassifierModule(pl.LightningModule):
         self.log_epoch_mean({"train/loss": loss, "train/acc": acc}, len(y))
         return loss
 
+    #: In the ensemble path, what this member's callbacks logged this epoch (its own logger gets it at the epoch's
+    #: end, see :class:`~mia_bench.training.ensemble.EnsembleModule`); None when the module trains alone.
+    logged: dict[str, float] | None = None
+
+    def log_dict(self, dictionary, *args, **kwargs) -> None:
+        if self.logged is not None:
+            self.logged.update({k: float(v) for k, v in dictionary.items()})
+            return
+        super().log_dict(dictionary, *args, **kwargs)
+
     def log_epoch_mean(self, metrics: dict[str, torch.Tensor], n: int) -> None:
         """Accumulate per-step training metrics, logged once per epoch as record-weighted means.
 

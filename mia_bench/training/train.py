@@ -12,7 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig
 from torch import nn
 
@@ -78,8 +78,14 @@ def build_module(recipe: Recipe, splits: Splits) -> ClassifierModule:
     )
 
 
+def member_callbacks(recipe: Recipe, k: int, callbacks_for: CallbackFactory | None = None) -> list[pl.Callback]:
+    """Model k's own callbacks: the config's (a defense's), then the pipeline's (an analysis' recorder)."""
+    own = [instantiate(c) for c in recipe.callbacks.values() if c is not None]
+    return own + (list(callbacks_for(k)) if callbacks_for else [])
+
+
 def build_trainer(recipe: Recipe, k: int, extra: Sequence[pl.Callback] = ()) -> pl.Trainer:
-    callbacks = [instantiate(c) for c in recipe.callbacks.values() if c is not None] + list(extra)
+    callbacks = member_callbacks(recipe, k) + list(extra)
     return instantiate(recipe.trainer, logger=model_logger(recipe.logger, k), callbacks=callbacks)
 
 
@@ -116,10 +122,11 @@ def train_models(
                 done[k] = m
     missing = [k for k in indices if k not in done]
     lightning_log = logging.getLogger("lightning.pytorch")
-    if missing and choose_engine(recipe, splits, bool(callbacks_for), len(missing)) == "ensemble":
+    if missing and choose_engine(recipe, splits, callbacks_for, len(missing)) == "ensemble":
         for group in ensemble_groups(missing, masks, recipe.train.get("ensemble_size")):
             with cache.claim({k: keys[k] for k in group}) if cache else nullcontext(set(group)) as claimed:
-                for m in fit_group(recipe, splits, masks, [k for k in group if k in claimed], keys):
+                mine = [k for k in group if k in claimed]
+                for m in fit_group(recipe, splits, masks, mine, keys, callbacks_for):
                     done[m.index] = m
                     if cache is not None:
                         store_model(cache, m, model_seed(recipe.seed, m.index))
@@ -165,10 +172,10 @@ def store_model(cache: ModelCache, m: TrainedModel, seed: int) -> None:
     cache.save_model(m.key, m.index, module.state_dict(), module.artifacts, meta)
 
 
-def choose_engine(recipe: Recipe, splits: Splits, callbacks: bool, count: int) -> str:
+def choose_engine(recipe: Recipe, splits: Splits, callbacks_for: CallbackFactory | None, count: int) -> str:
     """``ensemble`` or ``sequential`` for ``count`` models of this recipe (``train.engine``: auto | ensemble |
     sequential), with one log line saying which and why. Forcing the ensemble where it is not exact is an error.
-    ``callbacks``: whether the pipeline adds callbacks to each model (an analysis' recorder)."""
+    ``callbacks_for``: the callbacks the pipeline adds to each model (an analysis' recorder), or None."""
     engine = str(recipe.train.get("engine", "auto"))
     if engine not in ENGINES:
         raise ValueError(f"train.engine={engine!r}: expected one of {list(ENGINES)}")
@@ -176,7 +183,8 @@ def choose_engine(recipe: Recipe, splits: Splits, callbacks: bool, count: int) -
         log.info("training %d model(s) one at a time (train.engine=sequential)", count)
         return engine
     pl.seed_everything(recipe.seed, workers=False, verbose=False)
-    callbacks = callbacks or any(c is not None for c in recipe.callbacks.values())  # the defense's, the analyses'
+    callbacks = [get_class(c._target_) for c in recipe.callbacks.values() if c is not None]
+    callbacks += [type(cb) for cb in callbacks_for(0)] if callbacks_for else []
     obstacle = ensemble_obstacle(build_module(recipe, splits), recipe.trainer, callbacks, bool(recipe.train.validate))
     if obstacle and engine == "ensemble":
         raise ValueError(f"train.engine=ensemble: {obstacle}; use train.engine=auto or sequential")
@@ -200,13 +208,14 @@ def ensemble_groups(ks: Sequence[int], masks: np.ndarray, size: int | None) -> l
 
 
 def fit_group(
-    recipe: Recipe, splits: Splits, masks: np.ndarray, ks: Sequence[int], keys: dict[int, str]
+    recipe: Recipe, splits: Splits, masks: np.ndarray, ks: Sequence[int], keys: dict[int, str],
+    callbacks_for: CallbackFactory | None = None,
 ) -> list[TrainedModel]:
     """Train models ``ks`` together in the ensemble path (see :mod:`mia_bench.training.ensemble`)."""
     if not ks:
         return []
     device = resolve_device(recipe.trainer)
-    members, states, loaders, loggers = [], [], [], []
+    members, states, loaders, loggers, callbacks = [], [], [], [], []
     for k in ks:
         seed = model_seed(recipe.seed, k)
         pl.seed_everything(seed, workers=False, verbose=False)  # as fit_model: the same initial weights
@@ -219,10 +228,12 @@ def fit_group(
         module.init_from_data()
         members.append(module)
         loggers.append(model_logger(recipe.logger, k))
+        callbacks.append(member_callbacks(recipe, k, callbacks_for))
     log.info("training models %s together on %d records each", list(ks), int(masks[ks[0]].sum()))
     # vmap on a GPU (one kernel launch for G models); on a CPU only for models without convolutions (see forward).
     convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in members[0].model.modules())
-    ensemble = EnsembleModule(members, states, loggers, vectorize=device.type == "cuda" or not convolutional)
+    ensemble = EnsembleModule(members, states, loggers, vectorize=device.type == "cuda" or not convolutional,
+                              callbacks=callbacks)
     trainer = instantiate(recipe.trainer, logger=False, callbacks=[])
     t0 = time.perf_counter()
     trainer.fit(ensemble, train_dataloaders=EnsembleLoader(loaders))
