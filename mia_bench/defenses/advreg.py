@@ -135,6 +135,7 @@ class AdvRegModule(ClassifierModule):
 
     # ------------------------------------------------------------------ data
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         if self.public_data is None or len(self.public_data) == 0:
             raise ValueError(
                 "advreg needs a reference set of non-members and uses the public split, which is empty: set "

@@ -117,6 +117,8 @@ class EnsembleModule(pl.LightningModule):
         # The architecture without weights; kept out of the module tree so that Lightning does not move it.
         self._template = [copy.deepcopy(self.members[0].model).to("meta")]
         self._forward = vmap(self._member_forward, in_dims=(0, 0, 0), randomness="error")
+        if self.members[0].compile_model:
+            self._forward = torch.compile(self._forward)
 
     # ---------------------------------------------------------------------------------------------- forward
     def stacked_buffers(self) -> list[torch.Tensor]:
