@@ -169,3 +169,13 @@ def test_the_dynamics_recorder_records_the_same_snapshots_in_both_paths(compose_
         for key in ("dynamics/logits", "dynamics/grad_norm"):
             sa, sb = torch.from_numpy(a.module.artifacts[key]), torch.from_numpy(b.module.artifacts[key])
             assert _rel(sb, sa) < TOLERANCE, key
+
+
+def test_the_group_size_follows_memory_on_a_gpu_and_takes_every_model_on_a_cpu(compose_cfg):
+    from mia_bench.training.train import memory_group_size, models_that_fit
+
+    assert models_that_fit(10e9, 1e9, 64) == 10 and models_that_fit(10e9, 1e9, 4) == 4
+    assert models_that_fit(1e8, 1e9, 64) == 1  # one model at a time when even one barely fits
+    cfg = compose_cfg(SMALL)
+    _, splits = load_data(cfg.dataset, cfg.seed)
+    assert memory_group_size(Recipe.from_config(cfg), splits, 16) == 16

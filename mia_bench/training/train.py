@@ -123,7 +123,8 @@ def train_models(
     missing = [k for k in indices if k not in done]
     lightning_log = logging.getLogger("lightning.pytorch")
     if missing and choose_engine(recipe, splits, callbacks_for, len(missing)) == "ensemble":
-        for group in ensemble_groups(missing, masks, recipe.train.get("ensemble_size")):
+        size = recipe.train.get("ensemble_size") or memory_group_size(recipe, splits, len(missing))
+        for group in ensemble_groups(missing, masks, size):
             with cache.claim({k: keys[k] for k in group}) if cache else nullcontext(set(group)) as claimed:
                 mine = [k for k in group if k in claimed]
                 for m in fit_group(recipe, splits, masks, mine, keys, callbacks_for):
@@ -191,9 +192,40 @@ def choose_engine(recipe: Recipe, splits: Splits, callbacks_for: CallbackFactory
     if obstacle or count < 2:
         log.info("training %d model(s) one at a time: %s", count, obstacle or "a single model")
         return "sequential"
-    size = recipe.train.get("ensemble_size") or count
-    log.info("training %d models in the ensemble path, up to %d at once (train.engine=%s)", count, size, engine)
+    size = recipe.train.get("ensemble_size") or "as many as fit in memory"
+    log.info("training %d models in the ensemble path, %s at once (train.engine=%s)", count, size, engine)
     return "ensemble"
+
+
+def memory_group_size(recipe: Recipe, splits: Splits, count: int, headroom: float = 0.8) -> int:
+    """How many models train together when ``train.ensemble_size`` is null: all on a CPU; on a GPU, as many as
+    ``headroom`` of its free memory holds, at one model's footprint measured on a probe (one batch forward and
+    backward in float32, plus gradients and two optimizer states per parameter: an upper bound in bf16)."""
+    device = resolve_device(recipe.trainer)
+    if device.type != "cuda":
+        return count
+    pl.seed_everything(recipe.seed, workers=False, verbose=False)
+    probe = build_module(recipe, splits).to(device)
+    batch = int(recipe.train.batch_size)
+    x, y = splits.population.x[:batch].to(device), splits.population.y[:batch].to(device)
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    torch.nn.functional.cross_entropy(probe.model(x), y).backward()
+    activations = torch.cuda.max_memory_allocated(device) - base
+    weights = sum(p.numel() * p.element_size() for p in probe.parameters())
+    del probe, x, y
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(device)
+    size = models_that_fit(free * headroom, activations + 3 * weights, count)
+    log.info("ensemble: %d of %d models at once (%.2f GiB free, %.3f GiB per model)", size, count, free / 2**30,
+             (activations + 3 * weights) / 2**30)
+    return size
+
+
+def models_that_fit(budget: float, per_model: float, count: int) -> int:
+    """``count`` models, or fewer (at least 1) when ``budget`` bytes hold fewer at ``per_model`` bytes each."""
+    return max(1, min(count, int(budget // max(per_model, 1))))
 
 
 def ensemble_groups(ks: Sequence[int], masks: np.ndarray, size: int | None) -> list[list[int]]:
