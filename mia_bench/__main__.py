@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 import hydra
 from hydra.errors import InstantiationException
@@ -19,6 +22,39 @@ register_resolvers()  # ${mia_bench.gpu_count:} in conf/hydra/launcher/gpus.yaml
 #: Errors that are the user's to fix (a bad option, missing data): one message, exit status 2, no traceback.
 USER_ERRORS = (ValueError, DatasetUnavailableError, InstantiationException, FileNotFoundError)
 log = logging.getLogger("mia_bench")
+
+
+class Interrupted(BaseException):
+    """A termination signal during a run. A BaseException, so nothing on the way (Lightning's fit included, which
+    turns SIGTERM into a silent exit with status 0 and SIGINT into status 1) swallows it before the command line
+    says what was kept and exits with 128 + the signal's number, as the shell reports a process killed by it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
+@contextmanager
+def signals_interrupt(signums=(signal.SIGTERM, signal.SIGINT)):
+    """SIGTERM and SIGINT raise :class:`Interrupted` inside the block. A signal another handler already owns is
+    left to it: under the submitit launcher, SLURM preemption is submitit's (it requeues the job, and the rerun
+    resumes from the cache)."""
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():  # signals can only be handled there
+        yield
+        return
+    previous = {}
+    for sig in signums:
+        if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler, None):
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _propagate_lightning_logs() -> None:
@@ -45,21 +81,32 @@ def job_choices(cfg: DictConfig) -> dict[str, str]:
 
 
 def run_job(cfg: DictConfig, choices: dict[str, str], hydra_cfg: DictConfig | None = None) -> int:
-    """Run one cell as the command line does; returns the exit status (0, or 2 for a user error, which is logged
-    as one line naming the bad value; ``HYDRA_FULL_ERROR=1`` raises it with its traceback instead)."""
+    """Run one cell as the command line does; returns the exit status: 0; 2 for a user error, logged as one line
+    naming the bad value (``HYDRA_FULL_ERROR=1`` raises it with its traceback instead); 128 + the signal's number
+    for SIGTERM or SIGINT, logged with what the run kept and how to resume."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from mia_bench.loggers import logger_kind
-    from mia_bench.pipeline import run
+    from mia_bench.pipeline import RunState, run
     from mia_bench.report.wandb_run import finish_failed, start_run
 
+    state = RunState()
     try:
         # hydra/launcher=gpus: this job holds one GPU (a place on it) until it returns or fails
-        with job_device(cfg.trainer, cfg.get("jobs_per_gpu", 1)):
+        with signals_interrupt(), job_device(cfg.trainer, cfg.get("jobs_per_gpu", 1)):
             if logger_kind(cfg.get("logger")) == "wandb" and hydra_cfg is not None:
                 start_run(cfg, choices, hydra_cfg)
             try:
-                run(cfg, choices)
+                run(cfg, choices, state)
             finally:
                 finish_failed()  # a run the pipeline did not finish (it raised): marked failed, not reused
+    except (Interrupted, SIGTERMException, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, Interrupted) else (
+            signal.SIGINT if isinstance(err, KeyboardInterrupt) else signal.SIGTERM)
+        command = " ".join(["python -m mia_bench", *sys.argv[1:]])
+        log.error("interrupted by %s while %s: %s (%s)", signal.Signals(signum).name, state.stage, state.kept(),
+                  command)
+        return 128 + int(signum)
     except USER_ERRORS as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

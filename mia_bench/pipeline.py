@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +34,42 @@ from mia_bench.training.train import Recipe, TrainedModel, shard_indices, train_
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
-    """Run one cell and write its outputs to ``cfg.paths.output_dir``; returns the metrics records."""
+@dataclass
+class RunState:
+    """Where a run is, so that an interruption can say what it kept (the command line fills and reads it)."""
+
+    stage: str = "starting"
+    cache: ModelCache | None = None
+    num_models: int = 0
+
+    def kept(self) -> str:
+        if self.cache is None:
+            return "nothing is kept (the cache is off): a rerun starts over"
+        stored, where = self.cache.stored_models(), self.cache.store.root
+        if not stored:
+            return f"none of the {self.num_models} models is in the cache {where} yet; a rerun trains them"
+        return (f"models {_ranges(stored)} of {self.num_models} are stored in the cache {where}; run the same "
+                "command again to resume from them")
+
+
+def _ranges(ks: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``0-2, 5``."""
+    out, start = [], None
+    for i, k in enumerate(ks):
+        start = k if start is None else start
+        if i + 1 == len(ks) or ks[i + 1] != k + 1:
+            out.append(f"{start}-{k}" if k > start else str(k))
+            start = None
+    return ", ".join(out)
+
+
+def run(cfg: DictConfig, choices: dict[str, str] | None = None, state: RunState | None = None) -> list[dict]:
+    """Run one cell and write its outputs to ``cfg.paths.output_dir``; returns the metrics records. ``state``
+    follows the run (its stage and cache), for the command line's message when it is interrupted."""
     t_start = time.perf_counter()
     choices = dict(choices or {})
+    state = state if state is not None else RunState()
+    state.num_models = int(cfg.num_models)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.get("cpu_threads"):
@@ -51,6 +84,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
     analyses = build_analyses(cfg.get("analysis"))
 
     # 1. Data: population (membership is defined over it), test (utility), public (defenses' own data).
+    state.stage = "loading data"
     raw, splits = load_data(cfg.dataset, cfg.seed)
     # 2. Masks: which records each of the K models trains on; the null test scores records no model saw.
     train_pool, audit, train_masks, audit_masks = membership(
@@ -69,6 +103,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
     recorded = {name: r for name, a in analyses.items() if (r := a.recorded()) is not None}
     cache = open_cache(cfg.get("cache"), describe_recipe(cfg, recorded), population=train_pool, audit=audit,
                        test=splits.test, public=splits.public)
+    state.stage, state.cache = "training", cache
     trained = train_models(Recipe.from_config(cfg), splits, train_masks, shard, callbacks_for(analyses), cache)
     t_trained = time.perf_counter()
     if shard is not None:  # the attack stage (shard.count=1) loads every model from the cache
@@ -76,6 +111,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
 
     # 4. Signals: every model on every scored record under every query augmentation, through its predict path;
     # cached with the models' accuracies, so a run that changes only the attack neither trains nor queries.
+    state.stage = "querying the models"
     signals, test_acc, train_acc = query_models(cfg.signals, trained, splits, audit, audit_masks, train_masks,
                                                 queries, cache)
     signals.save(out / "signals.npz")
@@ -83,10 +119,11 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
 
     # 5-6. Attacks over the signals, metrics over target models.
     ev = cfg.evaluation
+    state.stage = "attacking"
     result = evaluate(signals, attacks, targets, n_bootstrap=ev.n_bootstrap, confidence=ev.confidence, seed=cfg.seed)
 
     # 7. Analyses across training (+analysis=...): their own files, summary figures into metrics.json.
-    summary = {}
+    summary, state.stage = {}, "analysing"
     for analysis in analyses.values():
         summary.update(analysis.run(trained, signals, audit_masks, out))
 
@@ -95,6 +132,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None) -> list[dict]:
     context = cell_context(cfg, choices, splits.name, len(queries), utility, round(t_trained - t_start, 2))
     context.update(models_from_cache=sum(m.from_cache for m in trained), **summary)
     records = [{**context, **rec} for rec in result.records]
+    state.stage = "writing the outputs"
     write_outputs(out, records, result.rocs, choices, wandb=logger_kind(cfg.get("logger")) == "wandb")
     log.info("wrote %s (%.1fs total)", out, time.perf_counter() - t_start)
     return records

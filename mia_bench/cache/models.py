@@ -36,11 +36,12 @@ class ModelCache:
         self.fingerprint = fingerprint
         self.cache_signals = bool(signals)
         self.recipe_digest = digest(recipe)
+        self.keys: dict[int, str] = {}  # model index -> key, for the models this run asked for
 
     # ---------------------------------------------------------------------------------------------- models
     def model_key(self, k: int, seed: int, mask: np.ndarray) -> str:
         """Key of model k: recipe, data, code, version, and the model's own index, seed and mask bytes."""
-        return digest(
+        self.keys[int(k)] = key = digest(
             {
                 "format": FORMAT,
                 "version": __version__,
@@ -52,6 +53,7 @@ class ModelCache:
                 "mask": array_digest(np.asarray(mask, dtype=bool)),
             }
         )
+        return key
 
     def obtain_all(self, keys: dict[int, str], obtain: Callable[[int], T]) -> dict[int, T]:
         """``obtain(k)`` (load model k or train and store it) for every k, each under the lock of its key.
@@ -71,6 +73,10 @@ class ModelCache:
             with self.store.lock("models", keys[k], blocking=True):
                 done[k] = obtain(k)
         return {k: done[k] for k in keys}
+
+    def stored_models(self) -> list[int]:
+        """The models this run asked for that are complete entries in the cache now (what a rerun reuses)."""
+        return sorted(k for k, key in self.keys.items() if self.store.has("models", key))
 
     @contextmanager
     def claim(self, keys: dict[int, str]) -> Iterator[set[int]]:

@@ -114,6 +114,10 @@ class EntryStore:
         return self.root / kind / key
 
     # ------------------------------------------------------------------------------------------------- read
+    def has(self, kind: str, key: str) -> bool:
+        """Whether a complete entry is stored under ``key`` (cheap: its manifest exists; not verified)."""
+        return (self.path(kind, key) / MANIFEST).is_file()
+
     def get(self, kind: str, key: str) -> Entry | None:
         """The verified entry, or None on a miss. A corrupt or partial entry is a warning, removed, and a miss."""
         path = self.path(kind, key)
