@@ -13,6 +13,7 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
+from mia_bench.atomic import WriteError
 from mia_bench.config import CONFIG_DIR, CONFIG_NAME, normalize_overrides
 from mia_bench.data.base import DatasetUnavailableError
 from mia_bench.gpu_pool import job_device, register_resolvers
@@ -20,7 +21,7 @@ from mia_bench.gpu_pool import job_device, register_resolvers
 register_resolvers()  # ${mia_bench.gpu_count:} in conf/hydra/launcher/gpus.yaml
 
 #: Errors that are the user's to fix (a bad option, missing data): one message, exit status 2, no traceback.
-USER_ERRORS = (ValueError, DatasetUnavailableError, InstantiationException, FileNotFoundError)
+USER_ERRORS = (ValueError, DatasetUnavailableError, InstantiationException, FileNotFoundError, WriteError)
 log = logging.getLogger("mia_bench")
 
 

@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,22 +17,50 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
+class WriteError(OSError):
+    """An output that could not be written (a full disk, a missing permission): the message names the file and the
+    free space on its file system."""
+
+
+def write_error(path: Path, err: OSError) -> WriteError:
+    where = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    try:
+        free = f"{shutil.disk_usage(where).free / 2**30:.2f} GiB free"
+    except OSError:
+        free = "free space unknown"
+    return WriteError(err.errno, f"cannot write {path}: {err.strerror or err} ({free} on its file system)")
+
+
+def make_dir(path: str | Path) -> Path:
+    """``mkdir -p``, raising :class:`WriteError` (path and free space) when it cannot be created."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(path, err) from None
+    return path
+
+
 @contextmanager
 def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` only once the block completes (temporary file in the same
-    directory, fsync, ``os.replace``); on any error the temporary file is removed and ``path`` is untouched."""
+    directory, fsync, ``os.replace``); on any error the temporary file is removed and ``path`` is untouched. A
+    failed write raises :class:`WriteError`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            raise write_error(path, err) from None
         raise
 
 

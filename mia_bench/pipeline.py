@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mia_bench import __version__
 from mia_bench.analyses import Analysis, RunInfo, build_analyses
-from mia_bench.atomic import atomic_write_text, write_json
+from mia_bench.atomic import atomic_write_text, atomic_writer, make_dir, write_json
 from mia_bench.attacks.base import Attack
 from mia_bench.attacks.evaluate import evaluate, plan_references
 from mia_bench.augment import query_offsets
@@ -70,8 +70,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None, state: RunState 
     choices = dict(choices or {})
     state = state if state is not None else RunState()
     state.num_models = int(cfg.num_models)
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(cfg.paths.output_dir)
     if cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -115,7 +114,8 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None, state: RunState 
     signals, test_acc, train_acc = query_models(cfg.signals, trained, splits, audit, audit_masks, train_masks,
                                                 queries, cache)
     signals.save(out / "signals.npz")
-    np.save(out / "masks.npy", audit_masks)
+    with atomic_writer(out / "masks.npy") as f:
+        np.save(f, audit_masks)
 
     # 5-6. Attacks over the signals, metrics over target models.
     ev = cfg.evaluation

@@ -3,17 +3,20 @@ caches and outputs, concurrent runs. Each test fails on the version before the f
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY
 
 CELL = ["num_models=8", "train.epochs=100", "train.engine=sequential", "evaluation.targets=2", "attack=[loss]",
         "evaluation.n_bootstrap=20", "logger=none", "trainer.enable_progress_bar=false"]
@@ -51,3 +54,37 @@ def test_a_signal_during_training_exits_non_zero_says_what_was_kept_and_the_reru
     assert proc.returncode == 0, out[-2000:]
     records = json.loads((tmp_path / "run2" / "metrics.json").read_text())
     assert records[0]["models_from_cache"] == kept >= 1
+
+
+# ---------------------------------------------------------------------------------------------------- disk faults
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_cache_write_that_fails_for_any_reason_is_a_warning_and_the_run_goes_on(compose_cfg, caplog, monkeypatch):
+    """A full disk makes torch.save raise RuntimeError (not an OSError); storing must still only warn."""
+    import torch
+
+    from mia_bench.pipeline import run
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file: "
+                           "file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    with caplog.at_level(logging.WARNING):
+        records = run(compose_cfg([*TINY, "attack=[loss]", "logger=none"]))
+    assert records and "cannot write cache entry" in caplog.text and "RuntimeError" in caplog.text
+    assert "continuing without caching it" in caplog.text
+
+
+def test_an_output_that_cannot_be_written_is_one_error_naming_the_path_and_the_free_space(compose_cfg, caplog,
+                                                                                           monkeypatch, tmp_path):
+    from mia_bench.__main__ import run_job
+
+    monkeypatch.setattr(tempfile, "mkstemp", _enospc)  # every atomic output write: config.yaml comes first
+    with caplog.at_level(logging.ERROR, logger="mia_bench"):
+        assert run_job(compose_cfg([*TINY, "attack=[loss]", "logger=none"]), {}) == 2
+    line = caplog.text
+    assert f"WriteError: [Errno {errno.ENOSPC}] cannot write {tmp_path / 'config.yaml'}: No space left" in line
+    assert "GiB free on its file system" in line

@@ -202,10 +202,11 @@ class EntryStore:
             return True
         except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(err, (OSError, TypeError, ValueError)):
-                log.warning("cannot write cache entry %s (%s): continuing without caching it", final, err)
+            if isinstance(err, Exception):  # a full disk surfaces as torch.save's RuntimeError, not an OSError
+                log.warning("cannot write cache entry %s (%s: %s): continuing without caching it", final,
+                            type(err).__name__, err)
                 return False
-            raise
+            raise  # an interruption is not a write failure
 
     # ----------------------------------------------------------------------------------------- list, prune
     def scan(self) -> list[EntryInfo]:
