@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 
 import numpy as np
 import pandas as pd
@@ -235,3 +237,53 @@ def test_privacy_utility_table_marks_each_attack_against_the_undefended_cell():
     assert "| ↓ = |" in rows["dp"]
     assert "| ↑ = |" in rows["ls"]
     assert "AUC vs none" in table.splitlines()[0]
+
+
+# ---- cells: every differing config value, seeds averaged, reruns deduplicated ----
+def _run_with_config(path, defense="none", epochs=2, seed=0, acc=0.9, auc=0.6):
+    """A run as the pipeline leaves it: its resolved config.yaml beside metrics.json."""
+    path.mkdir(parents=True)
+    config = {"seed": seed, "num_models": 4, "membership": {"seed": seed}, "paths": {"output_dir": str(path)},
+              "train": {"epochs": epochs, "batch_size": 64}, "defense": {"name": defense}}
+    (path / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
+    recs = [{"dataset": "digits", "model": "mlp", "defense": defense, "attack": attack, "n_targets": 2,
+             "choice/defense": defense, "test_acc_mean": acc, "test_acc_std": 0.01, "auc_mean": auc + i / 100,
+             "auc_std": 0.01, "tpr_at_fpr_0.01_mean": auc - 0.5, "tpr_at_fpr_0.01_std": 0.001}
+            for i, attack in enumerate(["loss", "lira_online", "rmia"])]
+    (path / "metrics.json").write_text(json.dumps(recs))
+
+
+def test_a_sweep_over_a_plain_key_gets_a_row_per_value_with_each_figure_from_its_own_run(tmp_path):
+    from mia_bench.report.aggregate import pivot_table
+
+    _run_with_config(tmp_path / "0", epochs=2, acc=0.80, auc=0.55)
+    _run_with_config(tmp_path / "1", epochs=4, acc=0.95, auc=0.65)
+    assert main([str(tmp_path), "--no-plots"]) == 0
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert sorted(summary["cfg/train.epochs"].unique()) == [2, 4]  # the swept key is a column
+    table = (tmp_path / "privacy_utility.md").read_text().splitlines()
+    assert table[0].startswith("| dataset | model | train.epochs | defense | test acc (%) | loss AUC")
+    assert table[2].startswith("| digits | mlp | 2 | none | 80.0 ± 1.0 | 0.550 ± 0.010")
+    assert table[3].startswith("| digits | mlp | 4 | none | 95.0 ± 1.0 | 0.650 ± 0.010")
+    pivot = pivot_table(collect([tmp_path]), attack="loss").splitlines()
+    assert pivot[2] == "| dataset | model | train.epochs | none |"
+    assert pivot[4:] == ["| digits | mlp | 2 | 5.0 ± 0.1 · 80.0% |", "| digits | mlp | 4 | 15.0 ± 0.1 · 95.0% |"]
+
+
+def test_seeds_of_a_cell_are_averaged_with_their_spread_and_reruns_are_deduplicated(tmp_path, caplog):
+    from mia_bench.report.aggregate import aggregate, pivot_table
+
+    for i, (seed, auc) in enumerate([(0, 0.60), (1, 0.62), (2, 0.64)]):
+        _run_with_config(tmp_path / f"s{i}", seed=seed, auc=auc, acc=0.9 + i / 100)
+    _run_with_config(tmp_path / "rerun", seed=2, auc=0.64, acc=0.92)  # an identical rerun of seed 2
+    os.utime(tmp_path / "rerun" / "metrics.json", (2e9, 2e9))  # written last
+    with caplog.at_level(logging.WARNING):
+        cells = aggregate(collect([tmp_path]))
+    assert "repeats an identical run" in caplog.text and "s2" in caplog.text
+    loss = cells[cells.attack == "loss"].iloc[0]
+    assert loss["n_seeds"] == 3 and loss["auc_mean"] == pytest.approx(0.62)
+    assert loss["auc_seed_std"] == pytest.approx(0.02) and loss["test_acc_mean"] == pytest.approx(0.91)
+    table = privacy_utility_table(collect([tmp_path])).splitlines()
+    assert table[0].startswith("| dataset | model | defense | seeds | test acc (%) |")
+    assert table[2].startswith("| digits | mlp | none | 3 | 91.0 ± 1.0 | 0.620 ± 0.020")
+    assert "(3 seeds)" in pivot_table(collect([tmp_path]), attack="loss")

@@ -9,15 +9,54 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
 
 
+#: Config keys that never tell two cells apart: where things are written, how training is run (not what it
+#: computes), display and logging, the cache, and the attack nodes (each record names its attack).
+IGNORED_KEYS = ("paths.", "logger.", "cache.", "data.", "shard.", "attack.", "hydra.", "cpu_threads", "jobs_per_gpu",
+                "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
+                "trainer.default_root_dir", "trainer.enable_checkpointing", "trainer.accelerator", "trainer.devices",
+                "trainer.num_nodes", "train.engine", "train.ensemble_size", "dataset.loader.root",
+                "dataset.loader.path", "dataset.loader.download", "signals.batch_size")
+#: Keys whose runs are repetitions of one cell: averaged over (mean and spread across seeds), not rows of their own.
+SEED_KEYS = ("cfg/seed", "cfg/membership.seed")
+CFG = "cfg/"
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    out = {}
+    for key, value in (node or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, list) else value
+    return out
+
+
+def _run_config(run_dir: Path) -> dict:
+    """The run's resolved config (``config.yaml``), flattened to ``cfg/<dotted key>`` columns ({} without one)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    try:
+        node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as err:  # noqa: BLE001 - a damaged config makes the run anonymous, not the report fail
+        log.warning("%s: unreadable (%s); the run's config is not used to tell cells apart", path, err)
+        return {}
+    return {f"{CFG}{k}": v for k, v in _flatten(node).items() if not k.startswith(IGNORED_KEYS)}
+
+
 def collect(paths: Iterable[str | Path]) -> pd.DataFrame:
     """All records of every ``metrics.json`` found under ``paths`` (files or directories, searched recursively),
-    with the run directory in a ``run_dir`` column. A run without metrics (still running, failed) is skipped with a
-    warning naming it."""
+    with the run directory (``run_dir``), the time it was written (``written``) and the run's config values
+    (``cfg/<key>``). A run without metrics (still running, failed) is skipped with a warning naming it."""
     rows = []
     for path in map(Path, paths):
         if not path.exists():
@@ -32,15 +71,77 @@ def collect(paths: Iterable[str | Path]) -> pd.DataFrame:
                 records = json.loads(f.read_text())
             except json.JSONDecodeError as e:
                 raise ValueError(f"{f}: not valid JSON ({e}); delete or re-run that job") from e
-            rows += [{**r, "run_dir": str(f.parent)} for r in records]
+            extra = {"run_dir": str(f.parent), "written": f.stat().st_mtime, **_run_config(f.parent)}
+            rows += [{**r, **extra} for r in records]
     if not rows:
         raise FileNotFoundError(f"no metrics.json under {', '.join(map(str, paths))}")
     return pd.DataFrame(rows)
 
 
+def swept_keys(df: pd.DataFrame) -> list[str]:
+    """The ``cfg/`` columns whose values differ between the runs (seeds aside): with dataset, model and defense,
+    what identifies a cell."""
+    cols = [c for c in df.columns if c.startswith(CFG) and c not in SEED_KEYS]
+    return [c for c in cols if df[c].astype(str).nunique(dropna=False) > 1]
+
+
+def cell_keys(df: pd.DataFrame) -> list[str]:
+    """dataset, model, defense, and every Hydra choice and config value that differs between the runs."""
+    choices = [c for c in df.columns if c.startswith("choice/") and c not in _NOT_ROW
+               and df[c].astype(str).nunique(dropna=False) > 1]
+    return ["dataset", "model", "defense", *choices, *swept_keys(df)]
+
+
+def shown_keys(df: pd.DataFrame) -> list[str]:
+    """The columns a table shows besides dataset, model and defense: what a sweep varied independently of them.
+    A Hydra choice (``choice/train``) stands for the config keys of its group; a key that differs under the same
+    choice (``train.epochs=2,4``) shows itself. Keys that change only with the defense (its own settings) are the
+    defense's column."""
+    base = ["dataset", "model", "defense"]
+    candidates = [c for c in df.columns if c.startswith("choice/") and c not in _NOT_ROW] + swept_keys(df)
+    varying = [c for c in candidates
+               if df.astype({c: str}).groupby(base, dropna=False)[c].nunique(dropna=False).max() > 1]
+    choices = [c for c in varying if c.startswith("choice/")]
+    covered = {c.removeprefix("choice/") for c in choices}
+    return choices + [c for c in varying if c.startswith(CFG) and c.removeprefix(CFG).split(".")[0] not in covered]
+
+
+def aggregate(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell x attack. Identical reruns (same cell, same seed) keep the latest, with a warning naming
+    the others; runs of a cell with different seeds are averaged: every ``<metric>_mean`` is the mean over seeds,
+    ``<metric>_seed_std`` their spread (sample std) and ``n_seeds`` their count. A cell's accuracy and attack
+    figures always come from the same runs."""
+    if "run_dir" not in df.columns:  # records without their run (built by hand): one run per cell
+        df = df.assign(run_dir="")
+    keys = cell_keys(df)
+    seed = next((c for c in SEED_KEYS if c in df.columns), "seed" if "seed" in df.columns else None)
+    run_keys = [*keys, *([seed] if seed else [])]
+    latest = df.sort_values("written", kind="stable") if "written" in df.columns else df
+    runs = latest.drop_duplicates("run_dir", keep="last")
+    dup = runs[runs.duplicated(run_keys, keep="last")] if run_keys else runs.iloc[0:0]
+    for _, r in dup.iterrows():
+        log.warning("%s repeats an identical run (same config and seed): the latest is reported", r["run_dir"])
+    kept = set(runs.drop_duplicates(run_keys, keep="last")["run_dir"]) if run_keys else set(runs["run_dir"])
+    df = latest[latest["run_dir"].isin(kept)]
+    groups = df.groupby([*keys, "attack"], sort=False, dropna=False)
+    out = groups.first().reset_index()  # text columns agree within a cell (dataset, choices, ...)
+    n = groups["run_dir"].nunique().to_numpy()
+    out["n_seeds"] = n
+    numeric = [c for c in df.columns if c not in (*keys, "attack") and pd.api.types.is_numeric_dtype(df[c])]
+    for c in numeric:  # every figure averaged over the same runs
+        out[c] = groups[c].mean().to_numpy()
+        if c.endswith("_mean"):
+            out[f"{c[: -len('_mean')]}_seed_std"] = np.where(n > 1, groups[c].std(ddof=1).to_numpy(), np.nan)
+    out["run_dir"] = groups["run_dir"].agg(lambda d: ", ".join(sorted(set(d)))).to_numpy()
+    return out
+
+
 def mean_std(row: pd.Series, key: str, pct: bool = False, digits: int | None = None) -> str:
-    """``mean ± std`` of a metric from its ``_mean``/``_std`` columns (in percent with ``pct``)."""
+    """``mean ± std`` of a metric (in percent with ``pct``): the std over target models of one run, or, for a cell
+    averaged over several seeds (:func:`aggregate`), the spread across seeds."""
     mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+    if (row.get("n_seeds") or 1) > 1:
+        std = row.get(f"{key}_seed_std")
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
     scale = 100.0 if pct else 1.0
@@ -61,22 +162,31 @@ def privacy_utility_table(
     """Markdown: one row per (dataset, model, defense); test accuracy, then AUC and TPR at 1% FPR of each attack,
     mean ± std over target models; whether each attack's AUC is below the ``reference`` (undefended) cell's; and
     defense-reported figures (epsilon, sparsity) in the last column."""
-    header = ["dataset", "model", "defense", "test acc (%)"]
+    shown = shown_keys(df)
+    cells_df = aggregate(df)
+    seeds = "n_seeds" in cells_df.columns and (cells_df["n_seeds"] > 1).any()
+    header = ["dataset", "model", *[k.split("/", 1)[1] for k in shown], "defense", *(["seeds"] if seeds else []),
+              "test acc (%)"]
     for a in attacks:
         header += [f"{a} AUC", f"{a} TPR@1%FPR (%)"]
     header += [f"AUC vs {reference}", "defense reports"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    keys = ["dataset", "model", "defense"]
-    baseline = {
-        (str(r["dataset"]), str(r["model"]), str(r["attack"])): r
-        for _, r in df[df["defense"].astype(str) == reference].iterrows()
-    }
-    rank = {d: i for i, d in enumerate(defense_order(df["defense"].astype(str).unique(), order))}
-    groups = sorted(df.groupby(keys, sort=False), key=lambda kv: (kv[0][0], kv[0][1], rank[str(kv[0][2])]))
-    for (dataset, model, defense), g in groups:
+    keys = cell_keys(cells_df)
+
+    def context(row) -> tuple:  # the cell's coordinates besides the defense (what the reference must share)
+        return tuple(str(row[k]) for k in ("dataset", "model", *shown))
+
+    baseline = {(*context(r), str(r["attack"])): r
+                for _, r in cells_df[cells_df["defense"].astype(str) == reference].iterrows()}
+    rank = {d: i for i, d in enumerate(defense_order(cells_df["defense"].astype(str).unique(), order))}
+    groups = sorted(cells_df.groupby(keys, sort=False, dropna=False),
+                    key=lambda kv: (*context(kv[1].iloc[0]), rank[str(kv[0][2])]))
+    for key, g in groups:
+        dataset, model, defense = key[:3]
         by_attack = {r["attack"]: r for _, r in g.iterrows()}
         first = g.iloc[0]
-        cells = [str(dataset), str(model), str(defense), mean_std(first, "test_acc", pct=True)]
+        cells = [str(dataset), str(model), *[str(first[k]) for k in shown], str(defense),
+                 *([str(int(first["n_seeds"]))] if seeds else []), mean_std(first, "test_acc", pct=True)]
         for a in attacks:
             r = by_attack.get(a)
             cells += (
@@ -87,7 +197,7 @@ def privacy_utility_table(
         else:
             marks = []
             for a in attacks:
-                r, b = by_attack.get(a), baseline.get((str(dataset), str(model), a))
+                r, b = by_attack.get(a), baseline.get((*context(first), a))
                 marks.append("–" if r is None or b is None else compare_to_reference(r, b, "auc", z))
             cells.append(" ".join(marks))
         extra = {k.split("/", 1)[1]: v for k, v in first.items() if k.startswith("defense/") and pd.notna(v)}
@@ -98,6 +208,9 @@ def privacy_utility_table(
         f"or within {z:g} standard errors (=) of the undefended cell's; standard errors from the std over target "
         "models. ↓ everywhere means the defense reduces the leak these attacks measure; = or ↑ means it does not.\n"
     )
+    if seeds:
+        legend += ("*seeds*: runs of the cell with different seeds; its figures are their mean ± their spread (sample "
+                   "std across seeds).\n")
     return "\n".join(lines) + "\n" + legend
 
 
@@ -138,8 +251,6 @@ METRICS = {
     "attack_accuracy": ("attack acc (%)", True),
 }
 STRONGEST = "strongest"
-# Columns that identify a cell besides dataset/model/defense when a sweep varies them (e.g. train=cifar vs default).
-_ROW_CANDIDATES = ("num_models", "seed", "null_test")
 _NOT_ROW = {"choice/dataset", "choice/model", "choice/defense", "choice/attack", "choice/logger", "choice/paths"}
 
 
@@ -164,14 +275,9 @@ def pick_attack(df: pd.DataFrame, attack: str, metric: str) -> pd.DataFrame:
 
 
 def row_keys(df: pd.DataFrame) -> list[str]:
-    """dataset, model, then every other choice or count that differs between the runs (so two cells that differ
-    only in e.g. ``train=`` or ``num_models`` get their own rows instead of colliding)."""
-    keys = ["dataset", "model"]
-    extra = [c for c in df.columns if c.startswith("choice/") and c not in _NOT_ROW] + list(_ROW_CANDIDATES)
-    for c in extra:
-        if c in df.columns and df[c].astype(str).nunique(dropna=False) > 1:
-            keys.append(c)
-    return keys
+    """dataset, model, then what the runs vary independently of the defense (:func:`shown_keys`), so that two
+    cells differing only in e.g. ``train=`` or ``num_models`` get their own rows instead of colliding."""
+    return ["dataset", "model", *shown_keys(df)]
 
 
 def defense_order(defenses, order: Sequence[str] | None = None) -> list[str]:
@@ -182,12 +288,15 @@ def defense_order(defenses, order: Sequence[str] | None = None) -> list[str]:
 
 
 def interval(row: pd.Series, metric: str) -> str:
-    """``mean [ci_low, ci_high]`` (the bootstrap interval), or ``mean ± std`` when the run has no interval."""
+    """``mean [ci_low, ci_high]`` (the bootstrap interval), ``mean ± std`` when the run has no interval, or for a cell
+    averaged over seeds ``mean ± spread (n seeds)``."""
     _, pct = METRICS[metric]
     scale, digits = (100.0, 1) if pct else (1.0, 3)
     mean = row.get(f"{metric}_mean")
     if mean is None or pd.isna(mean):
         return "–"
+    if (row.get("n_seeds") or 1) > 1:
+        return f"{mean_std(row, metric, pct=pct, digits=digits)} ({int(row['n_seeds'])} seeds)"
     lo, hi = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
     if lo is not None and hi is not None and pd.notna(lo) and pd.notna(hi):
         return f"{mean * scale:.{digits}f} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
@@ -203,15 +312,15 @@ def pivot_table(
     """Markdown pivot: one row per dataset x model (x whatever else the sweep varied), one column per defense;
     a cell is the attack metric with its bootstrap interval, then the test accuracy, e.g.
     ``2.7 [1.9, 3.6] · 96.5%`` (with ``attack='strongest'`` the winning attack is named in the cell)."""
-    picked = pick_attack(df, attack, metric)
-    keys = row_keys(picked)
+    picked = pick_attack(aggregate(df), attack, metric)
+    keys = ["dataset", "model", *shown_keys(df)]
     defenses = defense_order(picked["defense"].astype(str).unique(), order)
     label, _ = METRICS[metric]
     what = "strongest attack per cell" if attack == STRONGEST else attack
     lines = [
         f"{label} of the {what} [95% bootstrap interval] · test accuracy",
         "",
-        "| " + " | ".join([k.removeprefix("choice/") for k in keys] + defenses) + " |",
+        "| " + " | ".join([k.split("/", 1)[-1] for k in keys] + defenses) + " |",
         "|" + "---|" * (len(keys) + len(defenses)),
     ]
     if "confidence" in picked.columns and picked["confidence"].notna().any():
@@ -224,11 +333,7 @@ def pivot_table(
             if runs.empty:
                 cells.append("–")
                 continue
-            if len(runs) > 1:
-                log.warning(
-                    "%s / %s: %d runs (%s); the table shows the last", key, d, len(runs), ", ".join(runs.run_dir)
-                )
-            r = runs.sort_values("run_dir").iloc[-1]
+            r = runs.iloc[0]  # aggregate() left one row per cell
             cell = f"{interval(r, metric)} · {100 * r['test_acc_mean']:.1f}%"
             if attack == STRONGEST:
                 cell += f" ({r['attack']})"
