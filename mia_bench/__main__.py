@@ -8,17 +8,17 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 import hydra
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mia_bench.atomic import WriteError
 from mia_bench.config import CONFIG_DIR, CONFIG_NAME, normalize_overrides
 from mia_bench.data.base import DatasetUnavailableError
-from mia_bench.gpu_pool import job_device, register_resolvers
-
-register_resolvers()  # ${mia_bench.gpu_count:} in conf/hydra/launcher/gpus.yaml
+from mia_bench.gpu_pool import job_device
 
 #: Errors that are the user's to fix (a bad option, missing data): one message, exit status 2, no traceback.
 USER_ERRORS = (ValueError, DatasetUnavailableError, InstantiationException, FileNotFoundError, WriteError)
@@ -109,13 +109,34 @@ def run_job(cfg: DictConfig, choices: dict[str, str], hydra_cfg: DictConfig | No
                   command)
         return 128 + int(signum)
     except USER_ERRORS as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
         if isinstance(err, InstantiationException) and err.__cause__ is not None:
             err = err.__cause__  # the loader's / builder's own message, not Hydra's wrapper
+        record_failure(cfg, err, state.stage)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
         log.error("%s: %s", type(err).__name__, err)
         return 2
+    except Exception as err:  # a bug: its traceback follows, and the run folder says it failed
+        record_failure(cfg, err, state.stage)
+        raise
     return 0
+
+
+def record_failure(cfg: DictConfig, err: BaseException, stage: str) -> None:
+    """``failed.json`` in the run folder (the report lists failed jobs); best effort: a folder that cannot be
+    written is the error being reported."""
+    from mia_bench.atomic import write_json
+
+    try:
+        out = Path(str(cfg.paths.output_dir))
+        if out.is_dir():
+            write_json(out / "failed.json", {"error": type(err).__name__, "message": str(err), "stage": stage})
+    except Exception:  # noqa: BLE001
+        pass
+
+
+class JobFailed(Exception):
+    """A multirun job that failed: an Exception, so Hydra records it and runs the sweep's other jobs."""
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name=CONFIG_NAME, version_base="1.3")
@@ -123,7 +144,10 @@ def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     _propagate_lightning_logs()
-    status = run_job(cfg, job_choices(cfg), HydraConfig.get())
+    hydra_cfg = HydraConfig.get()
+    status = run_job(cfg, job_choices(cfg), hydra_cfg)
+    if status == 2 and hydra_cfg.mode == RunMode.MULTIRUN:  # one bad cell must not stop the others
+        raise JobFailed(f"job {hydra_cfg.job.num} failed (see {cfg.paths.output_dir}/failed.json)")
     if status:
         raise SystemExit(status)
 

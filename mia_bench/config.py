@@ -15,6 +15,8 @@ than kept by hand beside them:
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -90,6 +92,37 @@ def register_bundles(config_dir: Path = CONFIG_DIR) -> None:
         ConfigStore.instance().store(group="attack", name=bundle, node={"defaults": [*members, "_self_"]})
 
 
+# ------------------------------------------------------------------------------------------------ resolvers
+#: Longest overrides part of a multirun job folder's name (file systems allow 255 bytes per name).
+DIRNAME_LIMIT = 64
+
+
+def short_dirname(overrides: str, limit: int = DIRNAME_LIMIT) -> str:
+    """A job folder's overrides part: as Hydra writes it when short, else cut with a digest of the whole, so names
+    stay short, stable and distinct (the full overrides stay in the job's .hydra/overrides.yaml and config)."""
+    text = overrides.replace("/", "_")
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 9]}~{hashlib.sha1(overrides.encode()).hexdigest()[:8]}"
+
+
+def register_resolvers() -> None:
+    """The resolvers the config tree uses: ``${mia_bench.gpu_count:}``, ``${mia_bench.gpu_jobs:<per GPU>}`` (the
+    ``gpus`` launcher), ``${mia_bench.pid:}`` (run folders: two runs started in the same second get distinct ones)
+    and ``${mia_bench.dirname:<overrides>}`` (multirun job folders)."""
+    from mia_bench.gpu_pool import gpu_count, jobs_per_gpu
+
+    resolvers = {
+        "mia_bench.gpu_count": gpu_count,
+        "mia_bench.gpu_jobs": lambda per=None: gpu_count() * jobs_per_gpu(per),
+        "mia_bench.pid": os.getpid,
+        "mia_bench.dirname": short_dirname,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=name == "mia_bench.pid")
+
+
 def build_attack(name: str, **overrides):
     """An attack by its config name, with its config file's arguments and ``overrides``, e.g.
     ``build_attack("lira_offline", estimator="mean")``."""
@@ -125,3 +158,4 @@ def compose(
 
 
 register_bundles()
+register_resolvers()

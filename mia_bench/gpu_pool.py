@@ -128,18 +128,6 @@ def jobs_per_gpu(value=1) -> int:
     return n
 
 
-def register_resolvers() -> None:
-    """``${mia_bench.gpu_count:}`` and ``${mia_bench.gpu_jobs:<per GPU>}`` (visible GPUs x jobs per GPU) for the
-    launcher configs (registered by ``python -m mia_bench``)."""
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("mia_bench.gpu_count"):
-        OmegaConf.register_new_resolver("mia_bench.gpu_count", gpu_count)
-    if not OmegaConf.has_resolver("mia_bench.gpu_jobs"):
-        OmegaConf.register_new_resolver("mia_bench.gpu_jobs", lambda per=None: gpu_count() * jobs_per_gpu(per))
-
-
-
 @contextlib.contextmanager
 def job_device(trainer, per_gpu=1) -> Iterator[int | None]:
     """For ``python -m mia_bench``: when ``MIA_BENCH_GPU_POOL`` is set (``hydra/launcher=gpus``) and CUDA devices

@@ -5,8 +5,12 @@ Read this file to know what a run does; every step is a call into one module, wh
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,11 +70,34 @@ def _ranges(ks: list[int]) -> str:
 def run(cfg: DictConfig, choices: dict[str, str] | None = None, state: RunState | None = None) -> list[dict]:
     """Run one cell and write its outputs to ``cfg.paths.output_dir``; returns the metrics records. ``state``
     follows the run (its stage and cache), for the command line's message when it is interrupted."""
+    with claim_output_dir(make_dir(cfg.paths.output_dir)) as out:
+        return run_cell(cfg, dict(choices or {}), state if state is not None else RunState(), out)
+
+
+@contextmanager
+def claim_output_dir(out: Path) -> Iterator[Path]:
+    """Hold the run's output folder for the run. A folder that another run is writing into now, or that holds the
+    results of a finished run (``metrics.json``, ``shard.json``), is refused: a run never mixes its files with
+    another's. A run killed before its results resumes in its own folder."""
+    fd = os.open(out / ".mia_bench.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"paths.output_dir={out}: another run is writing into this folder now; give this run "
+                             "its own (hydra.run.dir=...)") from None
+        done = [name for name in ("metrics.json", "shard.json") if (out / name).exists()]
+        if done:
+            raise ValueError(f"paths.output_dir={out} already holds the results of another run ({', '.join(done)}); "
+                             "give this run its own folder (hydra.run.dir=...) or move them")
+        yield out
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def run_cell(cfg: DictConfig, choices: dict[str, str], state: RunState, out: Path) -> list[dict]:
     t_start = time.perf_counter()
-    choices = dict(choices or {})
-    state = state if state is not None else RunState()
     state.num_models = int(cfg.num_models)
-    out = make_dir(cfg.paths.output_dir)
     if cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -83,7 +110,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None, state: RunState 
     analyses = build_analyses(cfg.get("analysis"))
 
     # 1. Data: population (membership is defined over it), test (utility), public (defenses' own data).
-    state.stage = "loading data"
+    state.stage = "loading the data"
     raw, splits = load_data(cfg.dataset, cfg.seed)
     # 2. Masks: which records each of the K models trains on; the null test scores records no model saw.
     train_pool, audit, train_masks, audit_masks = membership(

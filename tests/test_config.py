@@ -60,9 +60,6 @@ def test_groups_come_from_the_defaults_lists():
     ("hydra/launcher=local", lambda c: c.hydra.launcher._target_.endswith("JoblibLauncher")),
 ])
 def test_every_group_composes_with_both_spellings(spelling, override, check):
-    from mia_bench.gpu_pool import register_resolvers
-
-    register_resolvers()
     assert check(compose([spelling + override], return_hydra_config=True))
 
 

@@ -88,3 +88,59 @@ def test_an_output_that_cannot_be_written_is_one_error_naming_the_path_and_the_f
     line = caplog.text
     assert f"WriteError: [Errno {errno.ENOSPC}] cannot write {tmp_path / 'config.yaml'}: No space left" in line
     assert "GiB free on its file system" in line
+
+
+# ------------------------------------------------------------------------------------------- concurrent runs, sweeps
+def test_a_run_never_writes_into_a_folder_holding_another_runs_results_or_in_use(compose_cfg, tmp_path):
+    import fcntl
+
+    from mia_bench.pipeline import run
+
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "metrics.json").write_text("[]")
+    with pytest.raises(ValueError, match=f"paths.output_dir={done} already holds the results of another run"):
+        run(compose_cfg([*TINY, "attack=[loss]", "logger=none"], output_dir=done))
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    fd = os.open(busy / ".mia_bench.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another run holds the folder
+    try:
+        with pytest.raises(ValueError, match="another run is writing into this folder now"):
+            run(compose_cfg([*TINY, "attack=[loss]", "logger=none"], output_dir=busy))
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in done.iterdir()) == [".mia_bench.lock", "metrics.json"]  # nothing else written
+
+
+def test_run_folders_carry_the_process_id_and_job_folders_stay_short():
+    from mia_bench.config import compose, short_dirname
+
+    hydra = compose([], return_hydra_config=True).hydra
+    assert str(hydra.run.dir).endswith(f"_{os.getpid()}") and str(hydra.sweep.dir).endswith(f"_{os.getpid()}")
+    long = ",".join(f"attack.lira_online.option{i}=value{i}" for i in range(40)) + ",cache.dir=/a/b/c"
+    name = short_dirname(long)
+    assert len(name) <= 64 and "/" not in name and name == short_dirname(long)
+    assert short_dirname(long + "x") != name and short_dirname("defense=none") == "defense=none"
+
+
+@pytest.mark.slow
+def test_a_failing_job_is_recorded_and_the_sweep_runs_the_others(tmp_path):
+    attacks = "attack=[loss,confidence,entropy,modified_entropy,lira_online,lira_offline,lira_online_fixed_var," \
+              "lira_offline_fixed_var,rmia,rmia_offline,label_only]"
+    proc = _start(tmp_path, "-m", "num_models=3,4", "train.epochs=2", "evaluation.targets=1", attacks, "logger=none",
+                  "trainer.enable_progress_bar=false", f"cache.dir={tmp_path / 'a' / 'long' / 'absolute' / 'path'}",
+                  "hydra.sweep.dir=sweep")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0  # the sweep says a job failed ...
+    jobs = sorted((tmp_path / "sweep").iterdir())
+    names = [j.name for j in jobs if j.is_dir()]
+    assert len(names) == 2 and all(len(n) <= 80 for n in names)
+    failed = json.loads((tmp_path / "sweep" / names[0] / "failed.json").read_text())
+    assert failed["error"] == "ValueError" and "num_models=3" in failed["message"]
+    assert (tmp_path / "sweep" / names[1] / "metrics.json").exists()  # ... and the other job ran
+    from mia_bench.report.__main__ import main as report
+
+    assert report([str(tmp_path / "sweep"), "--no-plots"]) == 0
+    table = (tmp_path / "sweep" / "privacy_utility.md").read_text()
+    assert "1 job(s) failed" in table and "num_models=3" in table

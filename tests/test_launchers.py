@@ -19,12 +19,11 @@ from omegaconf import OmegaConf
 
 from mia_bench import gpu_pool
 from mia_bench.config import compose
-from mia_bench.gpu_pool import device_names, job_device, lease_device, register_resolvers
+from mia_bench.gpu_pool import device_names, job_device, lease_device
 from tests.conftest import ROOT, TINY
 
 
 def _compose_hydra(overrides):
-    register_resolvers()
     return compose(overrides, return_hydra_config=True)
 
 

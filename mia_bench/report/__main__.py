@@ -15,8 +15,10 @@ import logging
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from mia_bench.atomic import atomic_write_text
-from mia_bench.report.aggregate import METRICS, STRONGEST, collect, pivot_table, privacy_utility_table
+from mia_bench.report.aggregate import METRICS, STRONGEST, collect, failed_footer, pivot_table, privacy_utility_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path(args.dirs[0])
         out = out.parent if out.is_file() else out
         out.mkdir(parents=True, exist_ok=True)
-        table = privacy_utility_table(df, [a for a in args.attacks.split(",") if a], order)
-        pivot = pivot_table(df, args.metric, args.attack, order)
+        footer = failed_footer(df)
+        table = privacy_utility_table(df, [a for a in args.attacks.split(",") if a], order) + footer
+        pivot = pivot_table(df, args.metric, args.attack, order) + footer
         written = [out / "summary.csv", out / "privacy_utility.md", out / "pivot.md"]
-        atomic_write_text(out / "summary.csv", df.to_csv(index=False))
+        summary = pd.concat([df.assign(status="ok"), pd.DataFrame(df.attrs.get("failed") or [])], ignore_index=True)
+        atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
         atomic_write_text(out / "privacy_utility.md", table)
         atomic_write_text(out / "pivot.md", pivot)
         if not args.no_plots:

@@ -57,15 +57,23 @@ def collect(paths: Iterable[str | Path]) -> pd.DataFrame:
     """All records of every ``metrics.json`` found under ``paths`` (files or directories, searched recursively),
     with the run directory (``run_dir``), the time it was written (``written``) and the run's config values
     (``cfg/<key>``). A run without metrics (still running, failed) is skipped with a warning naming it."""
-    rows = []
+    rows, failed = [], []
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such run directory or metrics.json")
         files = [path] if path.is_file() else sorted(path.rglob("metrics.json"))
         if path.is_dir():
             for cfg in sorted(path.rglob("config.yaml")):
-                if not (cfg.parent / "metrics.json").exists() and cfg.parent.name != ".hydra":
-                    log.warning("%s: no metrics.json (unfinished or failed run), skipped", cfg.parent)
+                run = cfg.parent
+                if (run / "metrics.json").exists() or run.name == ".hydra":
+                    continue
+                if (run / "failed.json").exists():
+                    failure = json.loads((run / "failed.json").read_text())
+                    failed.append({"run_dir": str(run), "status": "failed", **failure})
+                    log.warning("%s: failed while %s: %s: %s", run, failure.get("stage"), failure.get("error"),
+                                failure.get("message"))
+                else:
+                    log.warning("%s: no metrics.json (unfinished run), skipped", run)
         for f in files:
             try:
                 records = json.loads(f.read_text())
@@ -75,7 +83,19 @@ def collect(paths: Iterable[str | Path]) -> pd.DataFrame:
             rows += [{**r, **extra} for r in records]
     if not rows:
         raise FileNotFoundError(f"no metrics.json under {', '.join(map(str, paths))}")
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["failed"] = failed  # jobs that failed: listed under the tables and in summary.csv
+    return df
+
+
+def failed_footer(df: pd.DataFrame) -> str:
+    """Markdown lines naming the jobs that failed (empty when none did)."""
+    failed = df.attrs.get("failed") or []
+    if not failed:
+        return ""
+    lines = [f"\n**{len(failed)} job(s) failed** (no figures above):\n"]
+    lines += [f"- `{f['run_dir']}`: {f.get('error')}: {f.get('message')} (while {f.get('stage')})" for f in failed]
+    return "\n".join(lines) + "\n"
 
 
 def swept_keys(df: pd.DataFrame) -> list[str]:
