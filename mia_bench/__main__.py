@@ -16,12 +16,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mia_bench.atomic import WriteError
+from mia_bench.cache.store import ShardNotStored
 from mia_bench.config import CONFIG_DIR, CONFIG_NAME, normalize_overrides
 from mia_bench.data.base import DatasetUnavailableError
 from mia_bench.gpu_pool import job_device
 
 #: Errors that are the user's to fix (a bad option, missing data): one message, exit status 2, no traceback.
-USER_ERRORS = (ValueError, DatasetUnavailableError, InstantiationException, FileNotFoundError, WriteError)
+USER_ERRORS = (ValueError, DatasetUnavailableError, InstantiationException, FileNotFoundError, WriteError,
+               ShardNotStored)
 log = logging.getLogger("mia_bench")
 
 

@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it, then restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class WriteError(OSError):
     """An output that could not be written (a full disk, a missing permission): the message names the file and the
     free space on its file system."""
@@ -51,6 +58,7 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it private; outputs follow the umask like any file
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

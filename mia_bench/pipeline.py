@@ -27,6 +27,7 @@ from mia_bench.attacks.evaluate import evaluate, plan_references
 from mia_bench.augment import query_offsets
 from mia_bench.cache.keys import describe_recipe
 from mia_bench.cache.models import ModelCache, open_cache
+from mia_bench.cache.store import ShardNotStored
 from mia_bench.data.base import ArrayData, RawDataset
 from mia_bench.data.splits import Splits, make_splits, membership
 from mia_bench.loggers import logger_kind
@@ -133,7 +134,7 @@ def run_cell(cfg: DictConfig, choices: dict[str, str], state: RunState, out: Pat
     trained = train_models(Recipe.from_config(cfg), splits, train_masks, shard, callbacks_for(analyses), cache)
     t_trained = time.perf_counter()
     if shard is not None:  # the attack stage (shard.count=1) loads every model from the cache
-        return finish_shard(cfg, trained, out, t_start)
+        return finish_shard(cfg, trained, out, t_start, cache)
 
     # 4. Signals: every model on every scored record under every query augmentation, through its predict path;
     # cached with the models' accuracies, so a run that changes only the attack neither trains nor queries.
@@ -284,8 +285,17 @@ def utility_metrics(trained, test_a: np.ndarray, train_a: np.ndarray) -> dict:
     }
 
 
-def finish_shard(cfg: DictConfig, trained: list[TrainedModel], out: Path, t_start: float) -> list[dict]:
-    """End of a shard job: its models are in the cache; write a marker naming them and return no records."""
+def finish_shard(
+    cfg: DictConfig, trained: list[TrainedModel], out: Path, t_start: float, cache: ModelCache
+) -> list[dict]:
+    """End of a shard job: its models are in the cache; write a marker naming them and return no records. A model
+    the cache could not store (a full or read-only cache) fails the job, naming it: the attack stage would train it
+    again, or fail."""
+    stored = set(cache.stored_models())
+    missing = [m.index for m in trained if m.index not in stored]
+    if missing:
+        raise ShardNotStored(f"shard {cfg.shard.index}/{cfg.shard.count}: models {missing} are not in the cache "
+                      f"{cache.store.root} (it could not store them; see the warnings above)")
     marker = {
         "shard": f"{cfg.shard.index}/{cfg.shard.count}",
         "models": [m.index for m in trained],

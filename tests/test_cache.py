@@ -317,7 +317,7 @@ def test_a_corrupt_model_is_retrained_with_a_warning(compose_cfg, tmp_path, fits
     with caplog.at_level(logging.WARNING):
         again = _train(cfg, splits, masks, cache=rc)
     assert fits.n == 3 and [m.from_cache for m in again] == [False, True]
-    assert str(weights.parent) in caplog.text and "removing it and rebuilding" in caplog.text
+    assert str(weights.parent) in caplog.text and "removed it; rebuilding" in caplog.text
     assert rc.store.get("models", first[0].key) is not None  # rebuilt
     assert torch.equal(again[0].module.clean_logits(splits.test.x), first[0].module.clean_logits(splits.test.x))
 

@@ -144,3 +144,65 @@ def test_a_failing_job_is_recorded_and_the_sweep_runs_the_others(tmp_path):
     assert report([str(tmp_path / "sweep"), "--no-plots"]) == 0
     table = (tmp_path / "sweep" / "privacy_utility.md").read_text()
     assert "1 job(s) failed" in table and "num_models=3" in table
+
+
+# ------------------------------------------------------------------------------------------ shared caches, shards
+def test_cache_entries_and_outputs_follow_the_umask_so_they_can_be_shared(tmp_path):
+    from mia_bench.atomic import write_json
+    from mia_bench.cache import EntryStore
+
+    old = os.umask(0o022)
+    try:
+        store = EntryStore(tmp_path / "cache")
+        assert store.put("models", "k1", {"a.bin": lambda f: f.write(b"x")}, "entry", {})
+        entry = store.path("models", "k1")
+        assert entry.stat().st_mode & 0o777 == 0o755
+        assert (entry / "a.bin").stat().st_mode & 0o777 == 0o644
+        assert (entry / "manifest.json").stat().st_mode & 0o777 == 0o644
+        write_json(tmp_path / "metrics.json", [])
+        assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_an_unreadable_entry_is_reported_as_unreadable_and_kept(tmp_path, monkeypatch, caplog):
+    """Another user's entry the process may not read is not 'corrupt', and is not removed (root reads every file,
+    so the permission error is simulated)."""
+    from mia_bench.cache import EntryStore
+    from mia_bench.cache import store as store_mod
+
+    store = EntryStore(tmp_path / "cache")
+    store.put("models", "k1", {"a.bin": lambda f: f.write(b"x")}, "entry", {})
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(store_mod, "_file_sha256", denied)
+    with caplog.at_level(logging.WARNING):
+        assert store.get("models", "k1") is None
+    assert "is unreadable" in caplog.text and "corrupt" not in caplog.text
+    assert store.has("models", "k1")
+
+
+def test_an_entry_that_cannot_be_removed_is_not_said_to_be_removed(tmp_path, monkeypatch, caplog):
+    from mia_bench.cache import EntryStore
+
+    store = EntryStore(tmp_path / "cache")
+    store.put("models", "k1", {"a.bin": lambda f: f.write(b"x")}, "entry", {})
+    (store.path("models", "k1") / "a.bin").write_bytes(b"damaged")
+    monkeypatch.setattr(EntryStore, "remove_path", staticmethod(lambda path: False))
+    with caplog.at_level(logging.WARNING):
+        assert store.get("models", "k1") is None
+    assert "could not be removed" in caplog.text and "removed it" not in caplog.text
+
+
+def test_a_shard_job_that_stored_nothing_fails_naming_the_models(compose_cfg, tmp_path, monkeypatch, caplog):
+    from mia_bench.__main__ import run_job
+    from mia_bench.cache import EntryStore
+
+    monkeypatch.setattr(EntryStore, "put", lambda self, *a, **k: False)  # a cache that cannot be written
+    cfg = compose_cfg([*TINY, "attack=[loss]", "logger=none", "shard.count=2", "shard.index=1"])
+    with caplog.at_level(logging.ERROR, logger="mia_bench"):
+        assert run_job(cfg, {}) == 2
+    assert "ShardNotStored: shard 1/2: models [1, 3] are not in the cache" in caplog.text
+    assert not (tmp_path / "shard.json").exists()

@@ -104,16 +104,20 @@ def prune_entries(store: EntryStore, args: argparse.Namespace, max_age: float | 
         )
     ]
     verb = "removing" if args.yes else "would remove"
+    kept = []
     for e in chosen:
         used = _human_age(now - e.last_used)
         print(f"{verb} {e.kind}/{e.key} ({_human_size(e.size)}, used {used} ago)  {e.description}")
-        if args.yes:
-            store.remove(e)
-    freed = _human_size(sum(e.size for e in chosen))
+        if args.yes and not store.remove(e):
+            kept.append(e)
+            print(f"  could not remove {e.path} (permissions?)")
+    removed = [e for e in chosen if e not in kept]
+    freed = _human_size(sum(e.size for e in removed if args.yes) if args.yes else sum(e.size for e in chosen))
     if args.yes:
         if args.all and not args.kind:
             shutil.rmtree(store.root / "locks", ignore_errors=True)
-        print(f"removed {len(chosen)} entries ({freed})")
+        print(f"removed {len(removed)} entries ({freed})" + (f"; {len(kept)} could not be removed" if kept else ""))
+        return 1 if kept else 0
     else:
         print(f"dry run: {len(chosen)} entries ({freed}) would be removed; add --yes to delete them")
     return 0

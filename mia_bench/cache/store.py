@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mia_bench import __version__
-from mia_bench.atomic import jsonable
+from mia_bench.atomic import current_umask, jsonable
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ def default_dir() -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------- entries
+class ShardNotStored(OSError):
+    """A shard job whose models the cache could not store (a full or read-only cache)."""
+
+
 @dataclass
 class Entry:
     """A verified cache entry: its folder and manifest (``meta`` holds what the writer stored beside the files)."""
@@ -135,6 +139,10 @@ class EntryStore:
                     raise ValueError(f"{name} has {f.stat().st_size} bytes, manifest says {info['size']}")
                 if _file_sha256(f) != info["sha256"]:
                     raise ValueError(f"{name} does not match its checksum")
+        except PermissionError as err:  # another user's entry, say: not damaged, and not ours to remove
+            log.warning("cache entry %s is unreadable (%s): training without it; a shared cache needs entries "
+                        "readable by every user (umask 022 or group-readable)", path, err)
+            return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             self.invalidate(kind, key, f"corrupt or partial ({err})")
             return None
@@ -145,10 +153,20 @@ class EntryStore:
         return Entry(kind, key, path, manifest)
 
     def invalidate(self, kind: str, key: str, reason: str) -> None:
-        """Remove an entry that cannot be used, with a warning naming it (the caller rebuilds it)."""
+        """Remove an entry that cannot be used, with a warning naming it and saying whether it could be removed
+        (the caller rebuilds it)."""
         path = self.path(kind, key)
-        log.warning("cache entry %s is %s: removing it and rebuilding", path, reason)
+        if self.remove_path(path):
+            log.warning("cache entry %s is %s: removed it; rebuilding", path, reason)
+        else:
+            log.warning("cache entry %s is %s, and it could not be removed (permissions?): rebuilding without "
+                        "storing over it; remove it by hand", path, reason)
+
+    @staticmethod
+    def remove_path(path: Path) -> bool:
+        """Delete a folder; whether it is gone."""
         shutil.rmtree(path, ignore_errors=True)
+        return not path.exists()
 
     # ------------------------------------------------------------------------------------------------ write
     def put(
@@ -166,6 +184,7 @@ class EntryStore:
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{key}-", dir=final.parent))
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; a shared cache needs the umask
         except OSError as err:
             log.warning("cannot write cache entry %s (%s): continuing without caching it", final, err)
             return False
@@ -263,5 +282,6 @@ class EntryStore:
         finally:
             os.close(fd)  # releases the lock
 
-    def remove(self, info: EntryInfo) -> None:
-        shutil.rmtree(info.path, ignore_errors=True)
+    def remove(self, info: EntryInfo) -> bool:
+        """Delete an entry's folder; whether it is gone."""
+        return self.remove_path(info.path)
