@@ -90,13 +90,14 @@ def run_job(cfg: DictConfig, choices: dict[str, str], hydra_cfg: DictConfig | No
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from mia_bench.loggers import logger_kind
-    from mia_bench.pipeline import RunState, run
+    from mia_bench.pipeline import RunState, check_config, run
     from mia_bench.report.wandb_run import finish_failed, start_run
 
     state = RunState()
     try:
         # hydra/launcher=gpus: this job holds one GPU (a place on it) until it returns or fails
         with signals_interrupt(), job_device(cfg.trainer, cfg.get("jobs_per_gpu", 1)):
+            check_config(cfg)  # a bad value fails before anything starts (a W&B run included)
             if logger_kind(cfg.get("logger")) == "wandb" and hydra_cfg is not None:
                 start_run(cfg, choices, hydra_cfg)
             try:

@@ -98,6 +98,7 @@ def claim_output_dir(out: Path) -> Iterator[Path]:
 
 def run_cell(cfg: DictConfig, choices: dict[str, str], state: RunState, out: Path) -> list[dict]:
     t_start = time.perf_counter()
+    check_config(cfg)
     state.num_models = int(cfg.num_models)
     if cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
@@ -312,18 +313,65 @@ def finish_shard(
     return []
 
 
+#: ``evaluation.targets: auto``: this many target models, or every model when K is smaller.
+AUTO_TARGETS = 8
+
+
 def resolve_targets(targets, num_models: int) -> list[int]:
-    """``evaluation.targets``: an int n (the first n models), 'all', or an explicit list of model indices."""
+    """``evaluation.targets``: ``auto`` (the first min(8, K) models), an int n (the first n), ``all``, or an explicit
+    list of model indices."""
     if isinstance(targets, str):
-        if targets != "all":
-            raise ValueError(f"evaluation.targets={targets!r}: expected an int, 'all' or a list of model indices")
-        return list(range(num_models))
-    if isinstance(targets, int):
+        if targets not in ("all", "auto"):
+            raise ValueError(
+                f"evaluation.targets={targets!r}: expected auto, all, an int or a list of model indices")
+        return list(range(num_models if targets == "all" else min(AUTO_TARGETS, num_models)))
+    if isinstance(targets, int) and not isinstance(targets, bool):
         if not 1 <= targets <= num_models:
             raise ValueError(f"evaluation.targets={targets}: expected 1..{num_models} (num_models={num_models})")
         return list(range(targets))
-    out = [int(t) for t in targets]
+    try:
+        out = [int(t) for t in targets]
+    except (TypeError, ValueError):
+        raise ValueError(f"evaluation.targets={targets!r}: expected auto, all, an int or a list of model "
+                         "indices") from None
     bad = [t for t in out if not 0 <= t < num_models]
     if bad or not out:
         raise ValueError(f"evaluation.targets={out}: indices must lie in 0..{num_models - 1}")
     return out
+
+
+def _whole(value, at_least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= at_least
+
+
+#: The run-level settings checked before any data loads: key -> (test, what is accepted).
+CHECKS = {
+    "num_models": (lambda v: _whole(v, 2), "a whole number of models >= 2"),
+    "seed": (lambda v: _whole(v, 0), "a whole number >= 0"),
+    "cpu_threads": (lambda v: v is None or _whole(v, 1), "null or a whole number of threads >= 1"),
+    "membership.scheme": (lambda v: v in ("paired", "bernoulli"), "paired or bernoulli"),
+    "signals.dtype": (lambda v: v in ("float16", "float32"), "float16 or float32"),
+    "signals.batch_size": (lambda v: _whole(v, 1), "a whole number of records >= 1"),
+    "evaluation.n_bootstrap": (lambda v: _whole(v, 0), "a whole number of resamples >= 0 (0 = no intervals)"),
+    "evaluation.confidence": (lambda v: isinstance(v, float) and 0 < v < 1, "a level in (0, 1), e.g. 0.95"),
+    "evaluation.null_test": (lambda v: isinstance(v, bool), "true or false"),
+    "train.epochs": (lambda v: _whole(v, 1), "a whole number of epochs >= 1"),
+    "train.batch_size": (lambda v: _whole(v, 1), "a whole number of records >= 1"),
+    "train.eval_batch_size": (lambda v: _whole(v, 1), "a whole number of records >= 1"),
+    "train.ensemble_size": (lambda v: v is None or _whole(v, 1), "null or a whole number of models >= 1"),
+    "cache.enabled": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every run-level setting, before any data loads or model trains: a bad value fails in a second, with a
+    message naming the key, the value and what is accepted (the components check their own arguments when they
+    are built, also before training)."""
+    for key, (ok, accepted) in CHECKS.items():
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if not ok(value):
+            raise ValueError(f"{key}={value!r}: expected {accepted}")
+    if cfg.membership.scheme == "paired" and cfg.num_models % 2:
+        raise ValueError(f"num_models={cfg.num_models}: the paired mask scheme needs an even number of models "
+                         "(or membership.scheme=bernoulli)")
+    resolve_targets(cfg.evaluation.targets, cfg.num_models)

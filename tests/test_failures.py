@@ -206,3 +206,45 @@ def test_a_shard_job_that_stored_nothing_fails_naming_the_models(compose_cfg, tm
         assert run_job(cfg, {}) == 2
     assert "ShardNotStored: shard 1/2: models [1, 3] are not in the cache" in caplog.text
     assert not (tmp_path / "shard.json").exists()
+
+
+# -------------------------------------------------------------------------------------------------- bad values
+@pytest.mark.parametrize("override, message", [
+    ("signals.dtype=float64", "signals.dtype='float64': expected float16 or float32"),
+    ("evaluation.n_bootstrap=-1", "evaluation.n_bootstrap=-1: expected a whole number of resamples"),
+    ("evaluation.confidence=1.5", "evaluation.confidence=1.5: expected a level in (0, 1)"),
+    ("train.epochs=0", "train.epochs=0: expected a whole number of epochs >= 1"),
+    ("num_models=abc", "num_models='abc': expected a whole number of models >= 2"),
+    ("num_models=3", "num_models=3: the paired mask scheme needs an even number of models"),
+    ("evaluation.targets=some", "evaluation.targets='some': expected auto, all"),
+])
+def test_every_run_setting_is_checked_before_any_data_loads(compose_cfg, monkeypatch, override, message):
+    import mia_bench.pipeline as pipeline
+
+    def never(*args, **kwargs):
+        raise AssertionError("the data loaded before the settings were checked")
+
+    monkeypatch.setattr(pipeline, "load_data", never)
+    with pytest.raises(ValueError) as err:
+        pipeline.run(compose_cfg([*TINY, override]))
+    assert message in str(err.value)
+
+
+def test_the_default_targets_work_for_any_valid_number_of_models(compose_cfg):
+    from mia_bench.pipeline import resolve_targets
+
+    assert resolve_targets("auto", 4) == [0, 1, 2, 3] and resolve_targets("auto", 64) == list(range(8))
+    records = __import__("mia_bench.pipeline").pipeline.run(
+        compose_cfg(["num_models=4", "train.epochs=1", "attack=[loss]", "logger=none",
+                     "trainer.enable_progress_bar=false"]))
+    assert records[0]["n_targets"] == 4
+
+
+def test_a_bad_value_fails_before_a_wandb_run_opens(compose_cfg, monkeypatch):
+    import mia_bench.report.wandb_run as wandb_run
+    from mia_bench.__main__ import run_job
+
+    opened = []
+    monkeypatch.setattr(wandb_run, "start_run", lambda *a, **k: opened.append(1))
+    assert run_job(compose_cfg([*TINY, "logger=wandb", "evaluation.targets=99"]), {}, hydra_cfg={}) == 2
+    assert opened == []

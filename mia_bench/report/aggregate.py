@@ -63,16 +63,17 @@ def collect(paths: Iterable[str | Path]) -> pd.DataFrame:
             raise FileNotFoundError(f"{path}: no such run directory or metrics.json")
         files = [path] if path.is_file() else sorted(path.rglob("metrics.json"))
         if path.is_dir():
+            for marker in sorted(path.rglob("failed.json")):
+                run = marker.parent
+                if (run / "metrics.json").exists():
+                    continue  # failed once, finished on a rerun
+                failure = json.loads(marker.read_text())
+                failed.append({"run_dir": str(run), "status": "failed", **failure})
+                log.warning("%s: failed while %s: %s: %s", run, failure.get("stage"), failure.get("error"),
+                            failure.get("message"))
             for cfg in sorted(path.rglob("config.yaml")):
                 run = cfg.parent
-                if (run / "metrics.json").exists() or run.name == ".hydra":
-                    continue
-                if (run / "failed.json").exists():
-                    failure = json.loads((run / "failed.json").read_text())
-                    failed.append({"run_dir": str(run), "status": "failed", **failure})
-                    log.warning("%s: failed while %s: %s: %s", run, failure.get("stage"), failure.get("error"),
-                                failure.get("message"))
-                else:
+                if not any((run / f).exists() for f in ("metrics.json", "failed.json")) and run.name != ".hydra":
                     log.warning("%s: no metrics.json (unfinished run), skipped", run)
         for f in files:
             try:
