@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from mia_bench.augment import query_offsets
 from mia_bench.cache.keys import describe_recipe
 from mia_bench.cache.models import ModelCache, open_cache
 from mia_bench.cache.store import ShardNotStored
-from mia_bench.data.base import ArrayData, RawDataset
+from mia_bench.data.base import ArrayData, RawDataset, check_finite
 from mia_bench.data.splits import Splits, make_splits, membership
 from mia_bench.loggers import logger_kind
 from mia_bench.report.outputs import log_to_wandb, plot_roc, print_table, save_roc_curves
@@ -158,8 +159,11 @@ def run_cell(cfg: DictConfig, choices: dict[str, str], state: RunState, out: Pat
 
     # 8. Outputs: metrics.json (one flat record per attack with the cell's context), ROC, table, W&B.
     utility = utility_metrics(trained, test_acc, train_acc)
+    notes = training_notes(trained, splits.num_classes)
     context = cell_context(cfg, choices, splits.name, len(queries), utility, round(t_trained - t_start, 2))
     context.update(models_from_cache=sum(m.from_cache for m in trained), **summary)
+    if notes:
+        context["warnings"] = "; ".join(notes)
     records = [{**context, **rec} for rec in result.records]
     state.stage = "writing the outputs"
     write_outputs(out, records, result.rocs, choices, wandb=logger_kind(cfg.get("logger")) == "wandb")
@@ -207,6 +211,7 @@ def write_outputs(out: Path, records: list[dict], rocs: dict, choices: dict, wan
 def load_data(dataset: DictConfig, seed: int) -> tuple[RawDataset, Splits]:
     """The dataset as loaded, and its population / test / public splits as the ``dataset`` node asks."""
     raw = instantiate(dataset.loader)
+    check_finite(raw)
     splits = make_splits(raw, population_size=dataset.population_size, test_size=dataset.test_size,
                          public_size=dataset.public_size, seed=seed)
     return raw, splits
@@ -268,6 +273,20 @@ def model_accuracies(
         tr_logits = collect_logits(m.module.predict_logits, splits.population.x[member], batch_size=batch_size)
         train.append(accuracy(tr_logits[:, 0], splits.population.y[member].numpy()))
     return np.array(test, dtype=np.float64), np.array(train, dtype=np.float64)
+
+
+def training_notes(trained: list[TrainedModel], num_classes: int) -> list[str]:
+    """Warnings about the models that a table of attack figures should carry: a training that ended with a loss
+    above twice a uniform guess's (ln C) diverged or learned nothing, and its attack figures mean little."""
+    limit = 2 * math.log(max(num_classes, 2))
+    high = {m.index: m.module.final_train_loss for m in trained if m.module.final_train_loss > limit}
+    if not high:
+        return []
+    worst = max(high.values())
+    note = (f"the training loss of models {sorted(high)} ended above {limit:.2f} (twice a uniform guess's ln C; up to "
+            f"{worst:.3g}): they diverged or did not learn; check the learning rate (train.module.optimizer.lr)")
+    log.warning(note)
+    return [note]
 
 
 def utility_metrics(trained, test_a: np.ndarray, train_a: np.ndarray) -> dict:

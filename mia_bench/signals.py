@@ -88,8 +88,10 @@ class Signals:
         bad = ~np.isfinite(logits)
         if bad.any():
             first = tuple(int(i) for i in np.argwhere(bad)[0])
+            models = sorted({int(k) for k in np.argwhere(bad)[:, 0]})
+            hint = "; float16 overflows above 65504 (signals.dtype=float32)" if logits.dtype == np.float16 else ""
             raise ValueError(f"logits {logits.shape} contain {int(bad.sum())} non-finite values (NaN/inf), "
-                             f"e.g. at index {first}; float16 overflows above 65504")
+                             f"e.g. at index {first}, from models {models}{hint}")
         self.logits, self.labels, self.masks = logits, labels, masks
 
     # ---------------------------------------------------------------- shape

@@ -211,7 +211,9 @@ def test_idx_explicit_files_and_label_remap(tmp_path):
     y = np.array([3, 7, 7, 9, 3, 9], dtype=np.uint8)
     write_idx(tmp_path / "a.idx", x)
     write_idx(tmp_path / "b.idx", y)
-    raw = load_dataset("idx", path=str(tmp_path), images="a.idx", labels="b.idx")
+    with pytest.raises(ValueError, match=r"3, 7, 9.*remap_labels=true"):
+        load_dataset("idx", path=str(tmp_path), images="a.idx", labels="b.idx")  # sparse codes: not silently mapped
+    raw = load_dataset("idx", path=str(tmp_path), images="a.idx", labels="b.idx", remap_labels=True)
     assert raw.train.y.tolist() == [0, 1, 1, 2, 0, 2] and raw.num_classes == 3
     assert raw.meta["label_values"] == [3, 7, 9]
 
@@ -284,7 +286,7 @@ def test_npz_tabular_with_label_remap_and_test_split(tmp_path):
     xt, yt = rng.normal(size=(3, 4)), np.array([30, 10, 10])
     np.savez(tmp_path / "d.npz", feats=x, lab=y, feats_te=xt, lab_te=yt)
     raw = load_dataset("npz", path=str(tmp_path / "d.npz"), x_key="feats", y_key="lab",
-                       x_test_key="feats_te", y_test_key="lab_te")  # fmt: skip
+                       x_test_key="feats_te", y_test_key="lab_te", remap_labels=True)  # fmt: skip
     assert raw.train.x.dtype == torch.float32 and raw.train.x.shape == (9, 4) and not raw.is_image
     assert torch.allclose(raw.train.x, torch.from_numpy(x).float())
     assert raw.train.y.tolist() == [0, 1, 2] * 3 and raw.test.y.tolist() == [2, 0, 0]
@@ -300,6 +302,29 @@ def test_npz_images_channels_last_and_one_hot(tmp_path):
     assert raw.train.x.shape == (5, 3, 6, 6) and raw.is_image and raw.test is None
     assert raw.train.x[:, 0].eq(-1).all() and raw.train.x[:, 1].eq(1).all()
     assert raw.train.y.tolist() == [0, 1, 2, 3, 1] and "label_values" not in raw.meta
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (np.array([0.0, 1.0, np.nan, 1.0]), r"whole numbers 0\.\.C-1; found nan"),
+        (np.array([0, 1, -1, 1]), r"found -1"),
+        (np.array([0.0, 1.5, 1.0, 0.0]), r"found 1\.5"),
+        (np.array([0, 2, 2, 0]), r"not the classes 0\.\.1 \(no records of 1\).*remap_labels=true"),
+        (np.array(["cat", "dog", "cat", "dog"]), r"dtype \['<U3'\].*remap_labels=true"),
+    ],
+)
+def test_npz_bad_labels_are_named_errors(tmp_path, labels, message):
+    """NaN, negative, fractional, sparse or string labels stop the load with the values named, instead of
+    becoming (silently wrong) classes; string and sparse labels load with remap_labels=true."""
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 3), np.float32), y=labels)
+    with pytest.raises(ValueError, match=message) as err:
+        load_dataset("npz", path=str(tmp_path / "d.npz"))
+    assert "d.npz" in str(err.value)
+    if labels.dtype.kind in "U" or np.all(labels == np.round(labels)) and labels.min() >= 0:
+        raw = load_dataset("npz", path=str(tmp_path / "d.npz"), remap_labels=True)
+        assert raw.num_classes == 2 and raw.train.y.tolist() == np.unique(labels, return_inverse=True)[1].tolist()
+        assert raw.meta["label_values"] == np.unique(labels).tolist()
 
 
 def test_npz_errors(tmp_path):

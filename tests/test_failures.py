@@ -248,3 +248,41 @@ def test_a_bad_value_fails_before_a_wandb_run_opens(compose_cfg, monkeypatch):
     monkeypatch.setattr(wandb_run, "start_run", lambda *a, **k: opened.append(1))
     assert run_job(compose_cfg([*TINY, "logger=wandb", "evaluation.targets=99"]), {}, hydra_cfg={}) == 2
     assert opened == []
+
+
+# ---------------------------------------------------------------------------------------- non-finite data, diverging
+def test_nan_inputs_fail_when_the_dataset_loads_naming_the_file_and_the_count(compose_cfg, tmp_path):
+    import numpy as np
+
+    from mia_bench.pipeline import run
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(300, 6)).astype(np.float32), np.arange(300) % 3
+    x[[5, 7], 2] = np.nan
+    x[9, 0] = np.inf
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    with pytest.raises(ValueError, match=rf"dataset npz \({tmp_path / 'data.npz'}\): 3 NaN or infinite input values "
+                                         r"in 3 records of its train split"):
+        run(compose_cfg([*TINY, "dataset=npz", f"dataset.loader.path={tmp_path / 'data.npz'}"]))
+
+
+def test_a_diverging_model_stops_at_once_naming_it_and_is_never_cached(compose_cfg, tmp_path):
+    from mia_bench.cache.store import EntryStore
+    from mia_bench.pipeline import run
+    from mia_bench.training.module import TrainingDiverged
+
+    for engine in ("sequential", "ensemble"):
+        cfg = compose_cfg([*TINY, "train.epochs=5", "train.module.optimizer.lr=1e30", f"train.engine={engine}",
+                           "attack=[loss]", "logger=none"], output_dir=tmp_path / engine)
+        with pytest.raises(TrainingDiverged, match=r"model 0: the training loss became nan in epoch 1; the learning "
+                                                   r"rate \(train.module.optimizer.lr=1e\+30\)"):
+            run(cfg)
+        assert not EntryStore(cfg.cache.dir).scan(), engine  # nothing stored
+
+
+def test_a_loss_that_explodes_but_stays_finite_ends_in_a_warning_under_the_table(compose_cfg, caplog):
+    from mia_bench.pipeline import run
+
+    with caplog.at_level(logging.WARNING):
+        records = run(compose_cfg([*TINY, "train.module.optimizer.lr=50", "attack=[loss]", "logger=none"]))
+    assert "diverged or did not learn" in records[0]["warnings"] and "diverged" in caplog.text

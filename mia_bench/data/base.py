@@ -83,3 +83,19 @@ def dataset_meta(
 def as_labels(y) -> torch.Tensor:
     """Labels (list, array or tensor) as an int64 tensor."""
     return torch.as_tensor(np.asarray(y), dtype=torch.int64)
+
+
+def check_finite(raw: RawDataset) -> None:
+    """Raise naming the dataset (and its file, for user data) when any input is NaN or infinite: such records would
+    make every model's loss NaN, found only after hours of training."""
+
+    where = raw.meta.get("file") or ", ".join(map(str, raw.meta.get("files", []))) or raw.name
+    for split, data in (("train", raw.train), ("test", raw.test)):
+        if data is None:
+            continue
+        bad = ~torch.isfinite(data.x)
+        if bad.any():
+            records = bad.reshape(len(bad), -1).any(1).nonzero().flatten()
+            raise ValueError(f"dataset {raw.name} ({where}): {int(bad.sum())} NaN or infinite input values in "
+                             f"{len(records)} records of its {split} split, e.g. record {int(records[0])}; clean "
+                             "the data (or drop those records) before a run")

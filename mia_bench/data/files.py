@@ -124,6 +124,31 @@ def remap_labels(*ys: np.ndarray | None) -> tuple[list[np.ndarray | None], list,
     return out, values.tolist(), not identity
 
 
+def _examples(values: np.ndarray, limit: int = 5) -> str:
+    shown = ", ".join(map(str, values[:limit].tolist()))
+    return shown + (f", ... ({len(values)} values)" if len(values) > limit else "")
+
+
+def class_labels(name: str, *ys: np.ndarray | None) -> list[np.ndarray | None]:
+    """The label arrays as int64 classes ``0..C-1``, or an error naming the offending values: labels must be whole
+    numbers (NaN, negative or fractional ones are errors, not classes), and together cover ``0..C-1``. Other label
+    values (strings, sparse codes) need the loader's ``remap_labels=true``, which maps them to ``0..C-1``."""
+    present = [np.asarray(y) for y in ys if y is not None]
+    remap = "; if these are class codes, map them to 0..C-1 with dataset.loader.remap_labels=true"
+    if any(not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating) for y in present):
+        kinds = sorted({str(y.dtype) for y in present})
+        raise ValueError(f"{name}: labels of dtype {kinds} are not class numbers{remap}")
+    values = np.unique(np.concatenate([y.ravel() for y in present]))
+    bad = values[~np.isfinite(values) | (values < 0) | (values != np.round(values))] if values.size else values
+    if bad.size:
+        raise ValueError(f"{name}: labels must be whole numbers 0..C-1; found {_examples(bad)}")
+    if not np.array_equal(values, np.arange(len(values))):
+        missing = np.setdiff1d(np.arange(int(values.max()) + 1), values)
+        raise ValueError(f"{name}: labels {_examples(values)} are not the classes 0..{len(values) - 1} (no records "
+                         f"of {_examples(missing)}){remap}")
+    return [None if y is None else np.asarray(y).astype(np.int64) for y in ys]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # IDX (the MNIST file format)
 # ----------------------------------------------------------------------------------------------------------

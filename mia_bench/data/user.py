@@ -1,7 +1,8 @@
 """Loaders for the user's own data: class-per-folder images (``image_folder``), IDX files (``idx``, the MNIST
 format) and ``.npz`` arrays (``npz``). There is nothing to download, so a missing path raises
 :class:`~mia_bench.data.base.DatasetUnavailableError` naming the config override to set; labels that are not
-already ``0..C-1`` are remapped (the original values are kept in ``meta["label_values"]``).
+``0..C-1`` are an error naming them unless the loader's ``remap_labels=true`` asks for a mapping (the original
+values are then kept in ``meta["label_values"]``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from mia_bench.data.downloads import abs_dir, unavailable
 from mia_bench.data.files import (
     HALF,
     array_to_x,
+    class_labels,
     find_idx_pairs,
     images_to_float,
     labels_1d,
@@ -71,16 +73,21 @@ def image_folder(
 
 
 def _user_arrays(
-    name: str, x: np.ndarray, y: np.ndarray, x_te: np.ndarray | None, y_te: np.ndarray | None, meta: dict
+    name: str, x: np.ndarray, y: np.ndarray, x_te: np.ndarray | None, y_te: np.ndarray | None, meta: dict,
+    remap: bool = False,
 ) -> RawDataset:
     for xa, ya, split in ((x, y, "train"), (x_te, y_te, "test")):
         if xa is not None and xa.shape[0] != ya.shape[0]:
             raise ValueError(
                 f"{name}: {split} inputs have {xa.shape[0]} records but labels have {ya.shape[0]}"
             )
-    (y, y_te), values, remapped = remap_labels(y, y_te)
-    if remapped:
-        meta["label_values"] = values  # original label of class i is label_values[i]
+    if remap:
+        (y, y_te), values, remapped = remap_labels(y, y_te)
+        if remapped:
+            meta["label_values"] = values  # original label of class i is label_values[i]
+    else:
+        y, y_te = class_labels(f"{name} ({meta.get('file') or meta.get('files', [''])[0]})", y, y_te)
+        values = range(int(max(y.max(), -1 if y_te is None else y_te.max())) + 1)
     tx = array_to_x(x)
     return RawDataset(
         name=name,
@@ -98,6 +105,7 @@ def idx(
     labels: str | None = None,
     test_images: str | None = None,
     test_labels: str | None = None,
+    remap_labels: bool = False,
 ) -> RawDataset:
     """IDX files (the MNIST format, plain or ``.gz``).
 
@@ -105,7 +113,7 @@ def idx(
     pair -> population with ``test=None``; a ``train-*`` and a ``t10k-*``/``test-*`` pair -> train and the
     official test split. Alternatively name the files with ``images``/``labels`` (and optionally
     ``test_images``/``test_labels``), relative to ``path`` if given. uint8 pixels/255 then (x-0.5)/0.5;
-    labels are remapped to 0..C-1 if they are not already.
+    labels must be whole numbers ``0..C-1`` (``remap_labels=true`` maps any other values to ``0..C-1``).
     """
     override = (
         "dataset.loader.path=/dir/with/idx/files (or dataset.loader.images=... dataset.loader.labels=...)"
@@ -166,7 +174,7 @@ def idx(
     meta = {"files": [str(p) for pair in pairs for p in pair]}
     if x.dtype == np.uint8 and x.ndim >= 3:
         meta.update(normalization={"mean": list(HALF), "std": list(HALF)})
-    return _user_arrays("idx", x, y, x_te, y_te, meta)
+    return _user_arrays("idx", x, y, x_te, y_te, meta, remap_labels)
 
 
 @register_dataset("npz")
@@ -176,11 +184,12 @@ def npz(
     y_key: str = "y",
     x_test_key: str | None = None,
     y_test_key: str | None = None,
+    remap_labels: bool = False,
 ) -> RawDataset:
     """Arrays from a ``.npz`` file: inputs ``[N, D]`` (tabular, cast as is) or images ``[N, H, W]`` /
-    ``[N, H, W, C]`` / ``[N, C, H, W]`` (uint8 pixels/255 then (x-0.5)/0.5); labels ``[N]`` or one-hot,
-    remapped to 0..C-1 if they are not contiguous. ``x_test_key``/``y_test_key`` name an official test
-    split."""
+    ``[N, H, W, C]`` / ``[N, C, H, W]`` (uint8 pixels/255 then (x-0.5)/0.5); labels ``[N]`` or one-hot, whole
+    numbers ``0..C-1`` (``remap_labels=true`` maps any other values to ``0..C-1``). ``x_test_key``/``y_test_key``
+    name an official test split."""
     file = abs_dir(path)
     override = "dataset.loader.path=/path/to/data.npz"
     keys = [k for k in (x_key, y_key, x_test_key, y_test_key) if k]
@@ -205,4 +214,4 @@ def npz(
     meta = {"file": str(file)}
     if x.dtype == np.uint8 and x.ndim >= 3:
         meta.update(normalization={"mean": list(HALF), "std": list(HALF)})
-    return _user_arrays("npz", x, y, x_te, y_te, meta)
+    return _user_arrays("npz", x, y, x_te, y_te, meta, remap_labels)

@@ -96,6 +96,8 @@ def print_table(records: list[dict], console: Console | None = None) -> None:
             _fmt(rec, "attack_accuracy", True),
         )
     console.print(table)
+    if r0.get("warnings"):
+        console.print(f"[bold red]warning:[/] {r0['warnings']}")
 
 
 UTILITY_KEYS = ("test_acc_mean", "test_acc_std", "train_acc_mean", "train_acc_std", "gen_gap", "train_seconds")

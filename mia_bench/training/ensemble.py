@@ -192,7 +192,9 @@ class EnsembleModule(pl.LightningModule):
         for m in self.members:
             m.logged = {}
         self._member_hook("on_train_epoch_end")
-        means = [{k: (total / max(count, 1)) for k, (total, count) in m._epoch_sums.items()} for m in self.members]
+        means = [m.epoch_means() for m in self.members]
+        for m, mm in zip(self.members, means, strict=True):
+            m.check_epoch(mm, self.current_epoch)
         step = self.global_step
         for lg, metrics, m in zip(self.member_loggers, means, self.members, strict=True):
             if lg:

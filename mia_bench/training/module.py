@@ -8,6 +8,7 @@ only path signal collection and utility use, so inference-time defenses are part
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import lightning.pytorch as pl
@@ -19,6 +20,11 @@ from torch import nn
 from mia_bench.augment import random_crop_flip
 from mia_bench.data.base import ArrayData
 from mia_bench.training.loader import TensorBatchLoader
+
+
+class TrainingDiverged(ValueError):
+    """A model's training loss became NaN or infinite."""
+
 
 #: ``predictor(clean_logits, x) -> logits``: an inference-time defense wrapping the trained model.
 Predictor = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor]
@@ -98,6 +104,10 @@ class ClassifierModule(pl.LightningModule):
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         return random_crop_flip(x, self.crop_padding, self.hflip)
 
+    #: Which model of the cell this is (set by the training loop), for messages; the last epoch's training loss.
+    index: int = -1
+    final_train_loss: float = math.nan
+
     #: Why this module cannot train in the ensemble path (:mod:`mia_bench.training.ensemble`), or None when it
     #: can: its step must be ``prepare_batch`` -> ``model`` -> ``training_loss`` with one automatic optimizer step.
     ensemble_unsupported: str | None = None
@@ -151,9 +161,29 @@ class ClassifierModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_sums = {}
 
+    def epoch_means(self) -> dict[str, torch.Tensor]:
+        """This epoch's record-weighted means of the logged training metrics."""
+        return {k: total / max(count, 1) for k, (total, count) in self._epoch_sums.items()}
+
+    def check_epoch(self, means: dict[str, torch.Tensor], epoch: int) -> None:
+        """Stop a model whose training loss is no longer finite, naming it, the epoch and the likely cause; it is
+        never cached (the error comes before the model is stored). Keeps the epoch's loss as ``final_train_loss``."""
+        loss = means.get("train/loss")
+        if loss is None:
+            return
+        self.final_train_loss = float(loss)  # one host sync per epoch
+        if not math.isfinite(self.final_train_loss):
+            lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+            raise TrainingDiverged(
+                f"model {self.index}: the training loss became {self.final_train_loss} in epoch {epoch + 1}; the "
+                f"learning rate (train.module.optimizer.lr={lr}) is the likely cause: lower it, or clip gradients"
+            )
+
     def on_train_epoch_end(self) -> None:
-        if self._epoch_sums:
-            self.log_dict({k: total / max(count, 1) for k, (total, count) in self._epoch_sums.items()}, prog_bar=True)
+        means = self.epoch_means()
+        self.check_epoch(means, self.current_epoch)
+        if means:
+            self.log_dict(means, prog_bar=True)
         if not self.automatic_optimization:
             # Lightning steps schedulers only under automatic optimisation (SAM and advreg optimise by hand).
             scheduler = self.lr_schedulers()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -169,7 +170,7 @@ def store_model(cache: ModelCache, m: TrainedModel, seed: int) -> None:
     """Model ``m`` into the cache with what loading it needs besides its weights."""
     module = m.module
     meta = {"seed": seed, "seconds": m.seconds, "defense_info": dict(module.defense_info),
-            "train_mode": module.training}
+            "train_mode": module.training, "train_loss": module.final_train_loss}
     cache.save_model(m.key, m.index, module.state_dict(), module.artifacts, meta)
 
 
@@ -252,6 +253,7 @@ def fit_group(
         seed = model_seed(recipe.seed, k)
         pl.seed_everything(seed, workers=False, verbose=False)  # as fit_model: the same initial weights
         module = build_module(recipe, splits)
+        module.index = k
         states.append(RandomState(device))
         member = torch.from_numpy(np.flatnonzero(masks[k]))
         x, y = splits.population.x[member].to(device), splits.population.y[member].to(device)
@@ -285,6 +287,7 @@ def fit_model(
     """Train model k on ``splits.population[mask]``; returns the module and its training seconds."""
     pl.seed_everything(seed, workers=False, verbose=False)
     module = build_module(recipe, splits)
+    module.index = k
     trainer = build_trainer(recipe, k, callbacks)
     device = trainer.strategy.root_device
     member = torch.from_numpy(np.flatnonzero(mask))
@@ -324,6 +327,7 @@ def load_cached_model(
         cache.invalidate_model(key, f"incompatible with the model built now ({err})")
         return None
     module.defense_info = {name: float(v) for name, v in (meta.get("defense_info") or {}).items()}
+    module.index, module.final_train_loss = k, float(meta.get("train_loss", math.nan))
     module.artifacts = dict(artifacts)
     module.train(bool(meta.get("train_mode", False)))
     module.to(resolve_device(recipe.trainer))
