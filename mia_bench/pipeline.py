@@ -246,11 +246,10 @@ def query_models(
     ``signals`` config (dtype, batch_size)."""
     dtype = np.dtype(node.dtype)
     key = cache.signals_key([m.key for m in trained], audit, audit_masks, queries, dtype) if cache else None
-    hit = cache.load_signals(key) if cache else None
+    hit = cached_signals(cache, key, len(trained), audit, audit_masks, len(queries)) if cache else None
     if hit is not None:
         log.info("signals and utility of the %d models loaded from the cache", len(trained))
-        signals = Signals(logits=hit["logits"], labels=hit["labels"], masks=hit["masks"])
-        return signals, hit["test_acc"], hit["train_acc"]
+        return hit
     logits = np.stack([collect_logits(m.module.predict_logits, audit.x, queries, node.batch_size, dtype)
                        for m in trained])
     signals = Signals(logits=logits, labels=audit.y.numpy(), masks=audit_masks)
@@ -259,6 +258,33 @@ def query_models(
         arrays = {"logits": logits, "labels": signals.labels, "masks": audit_masks, "test_acc": test_acc}
         cache.save_signals(key, {**arrays, "train_acc": train_acc})
     return signals, test_acc, train_acc
+
+
+def cached_signals(
+    cache: ModelCache, key: str, k: int, audit: ArrayData, audit_masks: np.ndarray, q: int
+) -> tuple[Signals, np.ndarray, np.ndarray] | None:
+    """A stored signals entry if its contents fit this run (K models, the audit records' labels and masks, Q queries,
+    finite logits); otherwise the entry is invalidated, with the reason, so that the run recomputes and replaces it
+    instead of failing on it on every rerun (checksums catch damage to files, not contents that never fit)."""
+    hit = cache.load_signals(key)
+    if hit is None:
+        return None
+    try:
+        missing = {"logits", "labels", "masks", "test_acc", "train_acc"} - set(hit)
+        if missing:
+            raise ValueError(f"arrays {sorted(missing)} missing")
+        signals = Signals(logits=hit["logits"], labels=hit["labels"], masks=hit["masks"])
+        want = (k, len(audit), q)
+        if signals.logits.shape[:3] != want:
+            raise ValueError(f"logits {signals.logits.shape} for [K, N, Q] = {list(want)}")
+        if not np.array_equal(signals.labels, audit.y.numpy()) or not np.array_equal(signals.masks, audit_masks):
+            raise ValueError("labels or membership masks differ from this run's")
+        if hit["test_acc"].shape != (k,) or hit["train_acc"].shape != (k,):
+            raise ValueError(f"accuracies of shape {hit['test_acc'].shape} / {hit['train_acc'].shape} for {k} models")
+    except ValueError as err:
+        cache.store.invalidate("signals", key, f"unusable contents ({err})")
+        return None
+    return signals, hit["test_acc"], hit["train_acc"]
 
 
 def model_accuracies(

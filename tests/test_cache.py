@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -390,6 +392,71 @@ def test_changing_only_the_attack_neither_trains_nor_queries_and_more_models_tra
     c = Signals.load(tmp_path / "c/signals.npz")
     assert np.array_equal(c.logits[:4], a.logits)
 
+
+
+@pytest.mark.parametrize("damage", ["nan_logits", "wrong_shape", "missing_array"])
+def test_a_signals_entry_with_valid_checksums_but_unusable_contents_is_replaced(
+    compose_cfg, tmp_path, fits, caplog, damage
+):
+    """Checksums vouch for the files, not for contents that fit the run: such an entry is invalidated with the
+    reason and recomputed (the rerun's metrics equal the first run's), not a failure on every rerun."""
+    first = pipeline.run(compose_cfg(FAST, tmp_path / "a"))
+    (entry,) = (tmp_path / "cache" / "signals").iterdir()
+    with np.load(entry / "signals.npz") as f:
+        arrays = {name: f[name] for name in f.files}
+    if damage == "nan_logits":
+        arrays["logits"][0, 0, 0, 0] = np.nan
+    elif damage == "wrong_shape":
+        arrays["logits"] = arrays["logits"][:, :-1]
+    else:
+        del arrays["train_acc"]
+    shutil.rmtree(entry)
+    cache = ModelCache(EntryStore(tmp_path / "cache"), {}, "unused")
+    assert cache.save_signals(entry.name, arrays)  # rewritten through the store: checksums are valid
+    with caplog.at_level(logging.WARNING, logger="mia_bench"):
+        second = pipeline.run(compose_cfg(FAST, tmp_path / "b"))
+    assert "unusable contents" in caplog.text and str(entry) in caplog.text
+    assert [r["auc_mean"] for r in second] == [r["auc_mean"] for r in first] and fits.n == 4  # models from the cache
+    with np.load(entry / "signals.npz") as f:  # the replacement is whole again
+        assert set(f.files) >= {"logits", "train_acc"} and np.isfinite(f["logits"]).all()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mia_bench"):
+        pipeline.run(compose_cfg(FAST, tmp_path / "c"))
+    assert "unusable" not in caplog.text
+
+
+class _Payload:
+    """A pickle that runs code when unpickled: it creates the file named by ``marker``."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize(("kind", "name"), [("models", "model.pt"), ("models", "artifacts.npz"),
+                                            ("signals", "signals.npz")])  # fmt: skip
+def test_a_crafted_cache_entry_with_valid_checksums_does_not_execute(compose_cfg, tmp_path, fits, caplog, kind, name):
+    """Security: weights load with weights_only=True and arrays with allow_pickle=False, so a pickle planted in
+    the cache (checksums recomputed, as an attacker with write access would) is refused, not run; the entry is
+    rebuilt and the results are those of a clean cache. (Checksums only detect accidents: README, Cache.)"""
+    first = pipeline.run(compose_cfg(FAST, tmp_path / "a"))
+    entry = sorted((tmp_path / "cache" / kind).iterdir())[0]
+    marker = tmp_path / "payload-ran"
+    if name == "model.pt":
+        torch.save({"weight": _Payload(str(marker))}, entry / name)
+    else:
+        np.savez(entry / name, logits=np.array([_Payload(str(marker))], dtype=object))
+    manifest = json.loads((entry / "manifest.json").read_text())
+    digest = hashlib.sha256((entry / name).read_bytes()).hexdigest()
+    manifest["files"][name] = {"size": (entry / name).stat().st_size, "sha256": digest}
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="mia_bench"):
+        second = pipeline.run(compose_cfg(FAST, tmp_path / "b"))
+    assert not marker.exists() and str(entry) in caplog.text
+    assert fits.n == (5 if kind == "models" else 4)  # the planted model is retrained; signals are recomputed
+    assert [r["auc_mean"] for r in second] == [r["auc_mean"] for r in first]
 
 def test_shards_train_disjoint_models_into_the_cache_then_the_attack_stage_trains_none(compose_cfg, tmp_path, fits):
     for index, expected in ((0, [0, 2]), (1, [1, 3])):

@@ -244,6 +244,14 @@ def test_idx_errors(tmp_path):
     truncated.write_bytes(write_idx(tmp_path / "full", x).read_bytes()[:-5])
     with pytest.raises(ValueError, match="truncated"):
         read_idx(truncated)
+    gz = write_idx(tmp_path / "full.gz", x)
+    cut = tmp_path / "cut-images-idx3-ubyte.gz"
+    cut.write_bytes(gz.read_bytes()[: len(gz.read_bytes()) // 2])  # an interrupted copy of a .gz
+    with pytest.raises(ValueError, match=rf"{cut}: damaged gzip file \(EOFError"):
+        read_idx(cut)
+    (tmp_path / "junk.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match="junk.gz: damaged gzip file"):
+        read_idx(tmp_path / "junk.gz")
 
 
 def test_read_idx_wider_dtypes(tmp_path):
@@ -401,6 +409,33 @@ def test_corrupted_torchvision_archive_is_reported(tmp_path):
         load_dataset("cifar10", root=str(tmp_path), download=False)
     assert "corrupted" in str(err.value) and "c58f30108f718f92721af3b95e74349a" in str(err.value)
 
+
+
+def test_corrupt_extracted_cifar_files_are_reported_as_corrupt_not_missing(tmp_path):
+    """Batch files that exist but fail torchvision's md5 are named as corrupt (with both checksums); a folder
+    with some batches gone names the missing ones."""
+    _fake_cifar10(tmp_path)  # every file present, none with the real md5
+    with pytest.raises(DatasetUnavailableError) as err:
+        load_dataset("cifar10", root=str(tmp_path), download=False)
+    msg = str(err.value)
+    assert "missing" not in msg.split("\n")[0] and "corrupted" in msg
+    assert f"{tmp_path / 'cifar-10-batches-py' / 'data_batch_1'} (its md5 is" in msg
+    assert "c99cafc152244af753f735de768cd75f" in msg  # data_batch_1's expected md5
+    for f in (tmp_path / "cifar-10-batches-py").iterdir():
+        if f.name != "data_batch_3":
+            f.unlink()
+    with pytest.raises(DatasetUnavailableError, match=r"6 of the 7 files are missing \(.*data_batch_1"):
+        load_dataset("cifar10", root=str(tmp_path), download=False)
+
+
+def test_unreadable_mnist_files_are_reported_as_unreadable(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):  # fmt: skip
+        (raw / name).write_bytes(b"\x00\x00\x08\x03 truncated")
+    with pytest.raises(DatasetUnavailableError, match="the files are there but cannot be read"):
+        load_dataset("mnist", root=str(tmp_path), download=False)
 
 def test_corrupted_public_archive_is_reported(tmp_path):
     (tmp_path / "cinic10").mkdir()

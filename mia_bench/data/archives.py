@@ -46,7 +46,8 @@ def lfw(
     """Labeled Faces in the Wild (funneled), people with at least ``min_faces_per_person`` images
     (20 -> 62 people, ~3k images). sklearn's face crop (125x94) is centre-cropped to a square and resized
     to ``image_size``; RGB unless ``grayscale``. Pixels (x-0.5)/0.5. Stored under ``<root>/lfw_home``
-    (scikit-learn's layout). No official test split."""
+    (scikit-learn's layout). No official test split. scikit-learn caches the decoded faces with joblib (pickle,
+    read back unverified) in ``<root>/lfw_home/joblib``: a data root others can write can run code here."""
     from sklearn.datasets import fetch_lfw_people
 
     root_dir = abs_dir(root)
@@ -161,7 +162,7 @@ def _cinic_split(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     cache = data_dir / f"{_CACHE_PREFIX}_{split}.npz"
     if cache.is_file():
         try:
-            with np.load(cache) as z:
+            with np.load(cache, allow_pickle=False) as z:
                 return z["x"], z["y"]
         except Exception as exc:  # unreadable cache: rebuild it
             log.warning("ignoring unreadable cache %s: %s", cache, exc)
@@ -251,7 +252,7 @@ def _load_cached(cache: Path) -> tuple[np.ndarray, np.ndarray] | None:
     if not cache.is_file():
         return None
     try:
-        with np.load(cache) as z:
+        with np.load(cache, allow_pickle=False) as z:
             return z["x"], z["y"]
     except Exception as exc:
         log.warning("ignoring unreadable cache %s: %s", cache, exc)

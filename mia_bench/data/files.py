@@ -11,6 +11,7 @@ import gzip
 import os
 import re
 import struct
+import zlib
 from collections.abc import Sequence
 from math import prod
 from pathlib import Path
@@ -161,8 +162,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (optionally gzip-compressed) into a numpy array in one shot."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:  # gzip names no file; a truncated copy is common
+        raise ValueError(f"{path}: damaged gzip file ({type(err).__name__}: {err}); download or copy it again") from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4].hex()})")
     ndim = data[3]

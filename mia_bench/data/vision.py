@@ -37,6 +37,19 @@ class _Layout:
     urls: list[str]
     archives: list[tuple[Path, str | None]]  # (path, md5) of archives whose corruption the error reports
     override: str
+    files: list[tuple[Path, str | None]] = ()  # (path, md5 or None) of the extracted files torchvision reads
+
+    def damaged(self) -> list[str]:
+        """The archives and extracted files that exist but fail their md5 (or are empty): present, not missing."""
+        out = []
+        for path, md5 in [*self.archives, *self.files]:
+            problem = md5_mismatch(path, md5) or ("it is empty" if path.is_file() and not path.stat().st_size else None)
+            if problem:
+                out.append(f"{path} ({problem})")
+        return out
+
+    def present(self) -> list[Path]:
+        return [path for path, _ in self.files if path.exists()]
 
 
 def _idx_layout(cls: type, root_dir: Path) -> _Layout:
@@ -48,14 +61,16 @@ def _idx_layout(cls: type, root_dir: Path) -> _Layout:
         urls=[cls.mirrors[0] + f for f, _ in cls.resources],
         archives=[(raw / f, md5) for f, md5 in cls.resources],
         override=root_override(f"{cls.__name__}/raw"),
+        files=[(raw / os.path.splitext(f)[0], None) for f, _ in cls.resources],  # torchvision keeps no md5 of these
     )
 
 
 def _tarball_layout(cls: type, root_dir: Path, size_note: str = "") -> _Layout:
     """CIFAR-like: files in ``<root>/<cls.base_folder>``, extracted from the tarball ``<root>/<cls.filename>``."""
-    names = [f for f, _ in cls.train_list + cls.test_list]
+    listed = [*cls.train_list, *cls.test_list]
     if hasattr(cls, "meta"):  # CIFAR's label names (STL-10 has none)
-        names.append(cls.meta["filename"])
+        listed.append((cls.meta["filename"], cls.meta["md5"]))
+    names = [f for f, _ in listed]
     return _Layout(
         searched=root_dir,
         expected=[f"{cls.base_folder}/{f}" for f in names]
@@ -63,6 +78,7 @@ def _tarball_layout(cls: type, root_dir: Path, size_note: str = "") -> _Layout:
         urls=[cls.url],
         archives=[(root_dir / cls.filename, cls.tgz_md5)],
         override=root_override(cls.base_folder),
+        files=[(root_dir / cls.base_folder / f, md5) for f, md5 in listed],
     )
 
 
@@ -74,19 +90,19 @@ def _torchvision(name: str, layout: _Layout, download: bool, build: Callable[[],
     except DatasetUnavailableError:
         raise
     except Exception as exc:
-        corrupted = [f"{p} ({problem})" for p, md5 in layout.archives if (problem := md5_mismatch(p, md5))]
+        corrupted = layout.damaged()
         if download:
             reason = f"download failed or the files are unusable ({type(exc).__name__}: {exc})"
+        elif corrupted or layout.present():
+            absent = [str(path) for path, _ in layout.files if not path.exists()]
+            reason = (f"{len(absent)} of the {len(layout.files)} files are missing ({', '.join(absent)})" if absent
+                      else f"the files are there but cannot be read ({type(exc).__name__}: {exc})")
         else:
             reason = (
                 f"the files are missing and downloading is off (download=False / data.download=false) [{exc}]"
             )
         if corrupted:
-            reason += (
-                "; corrupted or partial archive(s) found: "
-                + "; ".join(corrupted)
-                + " -- delete them and retry"
-            )
+            reason += "; corrupted or partial file(s): " + "; ".join(corrupted) + " -- delete them and retry"
         raise unavailable(name, layout.searched, layout.expected, layout.urls, reason, layout.override) from exc
 
 
