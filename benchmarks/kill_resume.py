@@ -59,11 +59,14 @@ def main() -> int:
                 proc.send_signal(sig)
                 stage = "signalled"
             out, _ = proc.communicate()
+            if (tmp / f"killed{trial}" / "metrics.json").exists():
+                stage += ", after its outputs were complete"
             said = next((line.split(" - ", 1)[-1] for line in out.splitlines() if "interrupted by" in line), "")
             again = start(tmp, cache, [*cell, f"hydra.run.dir=rerun{trial}"])
             again.communicate()
             diffs = compare(load(tmp / "reference"), load(tmp / f"rerun{trial}"))
-            failures += bool(diffs) or again.returncode != 0
+            # A signal must give 128 + n (or kill), unless it came after the run had written all its outputs.
+            failures += bool(diffs) or again.returncode != 0 or (proc.returncode == 0 and "complete" not in stage)
             print(f"trial {trial}: {signal.Signals(sig).name} after {delay:.1f} s ({stage}): exit {proc.returncode}; "
                   f"rerun exit {again.returncode}, {'identical' if not diffs else f'{len(diffs)} fields differ'}"
                   + (f"; said: {said}" if said else ""))

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
+
+
+def _exit_while_loading(signum, frame):
+    """Ctrl-C or SIGTERM while the libraries load: nothing has started, nothing to keep."""
+    sys.stderr.write(f"interrupted by {signal.Signals(signum).name} while starting: nothing was stored\n")
+    sys.exit(128 + signum)
+
+
+if __name__ == "__main__":
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, _exit_while_loading)
+
+import logging
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +37,8 @@ from mia_bench.gpu_pool import job_device
 USER_ERRORS = (ValueError, DatasetUnavailableError, InstantiationException, FileNotFoundError, WriteError,
                ShardNotStored)
 log = logging.getLogger("mia_bench")
+#: What this process has done, for a signal that arrives outside a run (while Hydra sets up or tears down).
+PROGRESS = {"started": 0, "finished": 0}
 
 
 class Interrupted(BaseException):
@@ -37,22 +51,36 @@ class Interrupted(BaseException):
         self.signum = int(signum)
 
 
+#: Signals received and not yet acted on. Python drops an exception raised while a ``__del__`` or a weakref
+#: callback runs (Lightning's profiler has a ``__del__``), so a signal landing there would be lost and the run go
+#: on; the run checks this list at each stage (:func:`raise_if_signalled`) and once more at its end.
+RECEIVED: list[int] = []
+
+
+def _raise_interrupted(signum, frame):
+    RECEIVED.append(signum)
+    raise Interrupted(signum)
+
+
+def raise_if_signalled() -> None:
+    """Raise :class:`Interrupted` for a signal whose exception was swallowed on its way up."""
+    if RECEIVED:
+        raise Interrupted(RECEIVED[-1])
+
+
 @contextmanager
 def signals_interrupt(signums=(signal.SIGTERM, signal.SIGINT)):
     """SIGTERM and SIGINT raise :class:`Interrupted` inside the block. A signal another handler already owns is
     left to it: under the submitit launcher, SLURM preemption is submitit's (it requeues the job, and the rerun
     resumes from the cache)."""
 
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
     if threading.current_thread() is not threading.main_thread():  # signals can only be handled there
         yield
         return
     previous = {}
     for sig in signums:
-        if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler, None):
-            previous[sig] = signal.signal(sig, handler)
+        if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler, None, _exit_while_loading):
+            previous[sig] = signal.signal(sig, _raise_interrupted)
     try:
         yield
     finally:
@@ -93,7 +121,8 @@ def run_job(cfg: DictConfig, choices: dict[str, str], hydra_cfg: DictConfig | No
     from mia_bench.pipeline import RunState, check_config, run
     from mia_bench.report.wandb_run import finish_failed, start_run
 
-    state = RunState()
+    state = RunState(on_stage=raise_if_signalled)
+    PROGRESS["started"] += 1
     try:
         # hydra/launcher=gpus: this job holds one GPU (a place on it) until it returns or fails
         with signals_interrupt(), job_device(cfg.trainer, cfg.get("jobs_per_gpu", 1)):
@@ -102,9 +131,11 @@ def run_job(cfg: DictConfig, choices: dict[str, str], hydra_cfg: DictConfig | No
                 start_run(cfg, choices, hydra_cfg)
             try:
                 run(cfg, choices, state)
+                raise_if_signalled()
             finally:
                 finish_failed()  # a run the pipeline did not finish (it raised): marked failed, not reused
     except (Interrupted, SIGTERMException, KeyboardInterrupt) as err:
+        RECEIVED.clear()
         signum = err.signum if isinstance(err, Interrupted) else (
             signal.SIGINT if isinstance(err, KeyboardInterrupt) else signal.SIGTERM)
         command = " ".join(["python -m mia_bench", *sys.argv[1:]])
@@ -122,6 +153,7 @@ def run_job(cfg: DictConfig, choices: dict[str, str], hydra_cfg: DictConfig | No
     except Exception as err:  # a bug: its traceback follows, and the run folder says it failed
         record_failure(cfg, err, state.stage)
         raise
+    PROGRESS["finished"] += 1
     return 0
 
 
@@ -157,7 +189,22 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     sys.argv = [sys.argv[0], *normalize_overrides(sys.argv[1:])]
-    _hydra_main()
+    try:
+        with signals_interrupt():  # outside a job too: Hydra's set-up and tear-down, between multirun jobs
+            _hydra_main()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # done: a signal while the interpreter exits changes nothing
+            signal.signal(sig, signal.SIG_IGN)
+    except Interrupted as err:
+        RECEIVED.clear()
+        name, multirun = signal.Signals(err.signum).name, "-m" in sys.argv or "--multirun" in sys.argv
+        if not multirun and PROGRESS["started"] == 0:
+            log.error("interrupted by %s before the run started: nothing was stored", name)
+        elif not multirun and PROGRESS["finished"] == 1:
+            log.error("interrupted by %s after the run finished: its outputs are complete", name)
+        else:
+            log.error("interrupted by %s: finished jobs keep their outputs and trained models are in the cache; run "
+                      "the same command again to resume", name)
+        sys.exit(128 + err.signum)
 
 
 if __name__ == "__main__":

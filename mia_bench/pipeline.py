@@ -10,10 +10,11 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,8 +48,17 @@ class RunState:
     stage: str = "starting"
     cache: ModelCache | None = None
     num_models: int = 0
+    cache_opened: bool = False  # the cache is opened once the data is loaded (its keys need the data)
+    on_stage: Callable[[], None] | None = None  # called as each stage begins (the command line checks for signals)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "stage" and getattr(self, "on_stage", None) is not None:
+            self.on_stage()
+        super().__setattr__(name, value)
 
     def kept(self) -> str:
+        if not self.cache_opened:
+            return "nothing was stored yet: a rerun starts over"
         if self.cache is None:
             return "nothing is kept (the cache is off): a rerun starts over"
         stored, where = self.cache.stored_models(), self.cache.store.root
@@ -132,7 +142,7 @@ def run_cell(cfg: DictConfig, choices: dict[str, str], state: RunState, out: Pat
     recorded = {name: r for name, a in analyses.items() if (r := a.recorded()) is not None}
     cache = open_cache(cfg.get("cache"), describe_recipe(cfg, recorded), population=train_pool, audit=audit,
                        test=splits.test, public=splits.public)
-    state.stage, state.cache = "training", cache
+    state.stage, state.cache, state.cache_opened = "training", cache, True
     trained = train_models(Recipe.from_config(cfg), splits, train_masks, shard, callbacks_for(analyses), cache)
     t_trained = time.perf_counter()
     if shard is not None:  # the attack stage (shard.count=1) loads every model from the cache

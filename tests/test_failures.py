@@ -56,6 +56,62 @@ def test_a_signal_during_training_exits_non_zero_says_what_was_kept_and_the_reru
     assert records[0]["models_from_cache"] == kept >= 1
 
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_starting_exits_128_plus_the_signal_without_a_traceback(tmp_path, sig):
+    """Before any run (the libraries still loading, or Hydra setting up) a signal still gives 128 + n and a line,
+    not Python's KeyboardInterrupt traceback and -2 (or a silent 0 for SIGTERM)."""
+    for delay in (0.3, 2.5):
+        proc = _start(tmp_path, *CELL, f"hydra.run.dir=run{delay}")
+        time.sleep(delay)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + sig, (delay, proc.returncode, out[-2000:])
+        assert f"interrupted by {signal.Signals(sig).name}" in out and "Traceback" not in out, out[-2000:]
+
+
+def test_a_signal_whose_exception_python_swallowed_still_stops_the_run(compose_cfg, monkeypatch, caplog, tmp_path):
+    """Python drops an exception raised in a ``__del__`` (Lightning's profiler has one): a signal landing there
+    must still stop the run at its next stage, with 128 + n, instead of the run finishing with status 0."""
+    import mia_bench.__main__ as entry
+    import mia_bench.pipeline as pipeline
+
+    load = pipeline.load_data
+
+    def load_then_swallowed_signal(*args, **kwargs):
+        out = load(*args, **kwargs)
+        try:
+            entry._raise_interrupted(signal.SIGTERM, None)
+        except entry.Interrupted:
+            pass  # what Python does to an exception raised inside __del__
+        return out
+
+    monkeypatch.setattr(pipeline, "load_data", load_then_swallowed_signal)
+    cfg = compose_cfg([*TINY, "attack=[loss]", "logger=none"], output_dir=tmp_path / "run")
+    with caplog.at_level(logging.ERROR, logger="mia_bench"):
+        assert entry.run_job(cfg, {}) == 128 + signal.SIGTERM
+    assert "interrupted by SIGTERM while loading the data: nothing was stored yet" in caplog.text
+    assert not entry.RECEIVED and not (tmp_path / "run" / "metrics.json").exists()
+
+@pytest.mark.parametrize(("argv", "progress", "said", "status"), [
+    ([], {"started": 0, "finished": 0}, "before the run started: nothing was stored", 130),
+    ([], {"started": 1, "finished": 1}, "after the run finished: its outputs are complete", 130),
+    (["-m"], {"started": 1, "finished": 1}, "finished jobs keep their outputs", 130),
+])  # fmt: skip
+def test_a_signal_outside_a_run_says_what_the_process_had_done(monkeypatch, caplog, argv, progress, said, status):
+    import mia_bench.__main__ as entry
+
+    def interrupted():
+        raise entry.Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(entry, "_hydra_main", interrupted)
+    monkeypatch.setattr(entry, "PROGRESS", progress)
+    monkeypatch.setattr(sys, "argv", ["mia_bench", *argv])
+    with caplog.at_level(logging.ERROR, logger="mia_bench"), pytest.raises(SystemExit) as exit_:
+        entry.main()
+    assert exit_.value.code == status and said in caplog.text
+
 # ---------------------------------------------------------------------------------------------------- disk faults
 def _enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
