@@ -18,8 +18,9 @@ test-fast:          ## the fast tier: every module, no multi-cell runs or subpro
 lint:               ## ruff
 	$(PY) -m ruff check mia_bench tests benchmarks
 
-bench:              ## training speed: plain loop vs Lightning one at a time vs the ensemble path, as ratios
+bench:              ## training speed (plain loop vs Lightning vs ensemble) and interval speed (batched vs scipy), as ratios
 	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/interval_speed.py
 
 gpu-check:          ## models per minute and GPU memory, one at a time vs ensemble, launcher, LiRA-64 projection (< 5 min)
 	$(PY) benchmarks/gpu_check.py

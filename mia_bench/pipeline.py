@@ -25,7 +25,7 @@ from mia_bench import __version__
 from mia_bench.analyses import Analysis, RunInfo, build_analyses
 from mia_bench.atomic import atomic_write_text, atomic_writer, make_dir, write_json
 from mia_bench.attacks.base import Attack
-from mia_bench.attacks.evaluate import evaluate, plan_references
+from mia_bench.attacks.evaluate import CI_METHODS, EvaluationResult, evaluate, plan_references
 from mia_bench.augment import query_offsets
 from mia_bench.cache.keys import describe_recipe
 from mia_bench.cache.models import ModelCache, open_cache
@@ -33,7 +33,9 @@ from mia_bench.cache.store import ShardNotStored
 from mia_bench.data.base import ArrayData, RawDataset, check_finite
 from mia_bench.data.splits import Splits, make_splits, membership
 from mia_bench.loggers import logger_kind
-from mia_bench.report.outputs import log_to_wandb, plot_roc, print_table, save_roc_curves
+from mia_bench.metrics import default_delta
+from mia_bench.report.exposed import most_exposed, write_exposed
+from mia_bench.report.outputs import log_to_wandb, plot_roc, print_table, save_roc_curves, save_scores
 from mia_bench.signals import Signals
 from mia_bench.training.query import accuracy, collect_logits
 from mia_bench.training.train import Recipe, TrainedModel, shard_indices, train_models
@@ -157,18 +159,21 @@ def run_cell(cfg: DictConfig, choices: dict[str, str], state: RunState, out: Pat
     with atomic_writer(out / "masks.npy") as f:
         np.save(f, audit_masks)
 
-    # 5-6. Attacks over the signals, metrics over target models.
+    # 5-6. Attacks over the signals, metrics over target models (with an empirical epsilon at the run's delta).
     ev = cfg.evaluation
     state.stage = "attacking"
-    result = evaluate(signals, attacks, targets, n_bootstrap=ev.n_bootstrap, confidence=ev.confidence, seed=cfg.seed)
+    utility = utility_metrics(trained, test_acc, train_acc)
+    delta = run_delta(ev.delta, utility, train_masks)
+    result = evaluate(signals, attacks, targets, n_bootstrap=ev.n_bootstrap, confidence=ev.confidence, seed=cfg.seed,
+                      ci_method=ev.ci_method, delta=delta)
 
     # 7. Analyses across training (+analysis=...): their own files, summary figures into metrics.json.
     summary, state.stage = {}, "analysing"
     for analysis in analyses.values():
         summary.update(analysis.run(trained, signals, audit_masks, out))
 
-    # 8. Outputs: metrics.json (one flat record per attack with the cell's context), ROC, table, W&B.
-    utility = utility_metrics(trained, test_acc, train_acc)
+    # 8. Outputs: metrics.json (one flat record per attack with the cell's context), per-target metrics, per-record
+    # scores, ROC, most exposed records, table, W&B.
     notes = training_notes(trained, splits.num_classes)
     context = cell_context(cfg, choices, splits.name, len(queries), utility, round(t_trained - t_start, 2))
     context.update(models_from_cache=sum(m.from_cache for m in trained), **summary)
@@ -176,7 +181,7 @@ def run_cell(cfg: DictConfig, choices: dict[str, str], state: RunState, out: Pat
         context["warnings"] = "; ".join(notes)
     records = [{**context, **rec} for rec in result.records]
     state.stage = "writing the outputs"
-    write_outputs(out, records, result.rocs, choices, wandb=logger_kind(cfg.get("logger")) == "wandb")
+    write_outputs(out, records, result, audit, choices, wandb=logger_kind(cfg.get("logger")) == "wandb")
     log.info("wrote %s (%.1fs total)", out, time.perf_counter() - t_start)
     return records
 
@@ -207,15 +212,34 @@ def cell_context(cfg: DictConfig, choices: dict, dataset: str, num_queries: int,
     }
 
 
-def write_outputs(out: Path, records: list[dict], rocs: dict, choices: dict, wandb: bool) -> None:
-    """metrics.json, the ROC curves and plot, the console table, and the W&B summary when logging there."""
+def write_outputs(out: Path, records: list[dict], result: EvaluationResult, audit: ArrayData, choices: dict,
+                  wandb: bool) -> None:
+    """metrics.json, per_target.json, scores.npz, the ROC curves and plots, the most exposed records, the console
+    table, and the W&B summary when logging there (docs/outputs.md describes every file)."""
     write_json(out / "metrics.json", records)
-    save_roc_curves(rocs, out / "roc_curves.npz")
+    write_json(out / "per_target.json", result.per_target)
+    save_scores(result, audit.y.numpy(), out / "scores.npz")
+    save_roc_curves(result.rocs, out / "roc_curves.npz", pooled=result.pooled_rocs)
     r0 = records[0]
-    plot_roc(rocs, out / "roc.png", title=f"{r0['dataset']} / {r0['model']} / {r0['defense']}")
+    title = f"{r0['dataset']} / {r0['model']} / {r0['defense']}"
+    plot_roc(result.rocs, out / "roc.png", title=title, records=records)
+    plot_roc(result.pooled_rocs, out / "roc_pooled.png", title=f"{title} (pooled over targets)", records=records,
+             pooled=True)
+    exposed = most_exposed(result, records)
+    write_exposed(exposed, audit, out, title)
     print_table(records)
     if wandb:
-        log_to_wandb(records, out / "roc.png", choices)
+        log_to_wandb(records, out, choices)
+
+
+def run_delta(setting: str | float, utility: dict, train_masks: np.ndarray) -> float:
+    """The delta of the empirical epsilon bound: the setting, else DP-SGD's own delta when the models report one,
+    else DP-SGD's default rule (1/n rounded down to a power of ten) for a model's training set size n."""
+    if setting != "auto":
+        return float(setting)
+    if "defense/delta" in utility:
+        return float(utility["defense/delta"])
+    return default_delta(int(round(float(train_masks.sum(1).mean()))))
 
 
 def load_data(dataset: DictConfig, seed: int) -> tuple[RawDataset, Splits]:
@@ -410,6 +434,9 @@ CHECKS = {
     "evaluation.n_bootstrap": (lambda v: _whole(v, 0), "a whole number of resamples >= 0 (0 = no intervals)"),
     "evaluation.confidence": (lambda v: isinstance(v, float) and 0 < v < 1, "a level in (0, 1), e.g. 0.95"),
     "evaluation.null_test": (lambda v: isinstance(v, bool), "true or false"),
+    "evaluation.ci_method": (lambda v: v in CI_METHODS, " or ".join(CI_METHODS)),
+    "evaluation.delta": (lambda v: v == "auto" or (isinstance(v, float) and 0 <= v < 1),
+                         "auto or a delta in [0, 1), e.g. 1e-5"),
     "train.epochs": (lambda v: _whole(v, 1), "a whole number of epochs >= 1"),
     "train.batch_size": (lambda v: _whole(v, 1), "a whole number of records >= 1"),
     "train.eval_batch_size": (lambda v: _whole(v, 1), "a whole number of records >= 1"),

@@ -166,12 +166,76 @@ def _brute_rmia(sig: Signals, target: int, ref, offline: bool, a: float, gamma: 
 def test_rmia_matches_brute_force(offline, gamma):
     sig = make_synthetic_signals(6, 300, 3, 5, leak=1.5, seed=11, dtype=np.float64)
     ref = _others(6, 2)
-    got = RMIA(offline=offline, offline_a=0.3, gamma=gamma).score(sig, 2, ref)
+    got = RMIA(offline=offline, offline_a=0.3, gamma=gamma, tie_break=False).score(sig, 2, ref)
     np.testing.assert_array_equal(got, _brute_rmia(sig, 2, ref, offline, 0.3, gamma))
-    attack = RMIA(offline=offline, gamma=gamma, num_z=50, seed=5)
+    attack = RMIA(offline=offline, gamma=gamma, num_z=50, seed=5, tie_break=False)
     z_idx = np.random.default_rng(5).choice(300, size=50, replace=False)
     want = _brute_rmia(sig, 2, ref, offline, 0.3, gamma, z_idx)
     np.testing.assert_array_equal(attack.score(sig, 2, ref), want)
+    # the tie-broken score stays inside the paper's step, and ranks records by r(x) itself
+    for z, paper in ((None, _brute_rmia(sig, 2, ref, offline, 0.3, gamma)), (50, want)):
+        broken = RMIA(offline=offline, offline_a=0.3, gamma=gamma, num_z=z, seed=5).score(sig, 2, ref)
+        np.testing.assert_array_equal(np.floor(broken * (z or 300) + 1e-9) / (z or 300), paper)
+        ratio = _brute_rmia_ratio(sig, 2, ref, offline, 0.3)
+        assert (np.diff(broken[np.argsort(ratio)]) > 0).all()
+
+
+def _brute_rmia_ratio(sig: Signals, target: int, ref, offline: bool, a: float) -> np.ndarray:
+    p = softmax(sig.logits.astype(np.float64), axis=-1)
+    p_y = np.take_along_axis(p, sig.labels[None, :, None, None], -1)[..., 0]
+    if offline:
+        pr_x = np.array([((1 + a) * p_y[[r for r in ref if not sig.masks[r, i]], i].mean() + 1 - a) / 2
+                         for i in range(sig.num_records)])
+    else:
+        pr_x = p_y[ref].mean((0, 2))
+    return p_y[target].mean(1) / pr_x
+
+
+def _well_fit(seed: int = 0) -> Signals:
+    """Every model gives its true class a margin of 9-13 nats, members about 1 more: r(x) is within 1e-4 of 1
+    for almost every record, as on a well-fit model (the setting where the paper's score ties en masse)."""
+    rng = np.random.default_rng(seed)
+    k, n, c = 8, 1300, 10
+    labels = rng.integers(0, c, n)
+    masks = np.zeros((k, n), dtype=bool)
+    for j in range(0, k, 2):
+        masks[j] = rng.permutation(n) < n // 2
+        masks[j + 1] = ~masks[j]
+    logits = rng.normal(0, 1, (k, n, 1, c))
+    margin = rng.uniform(9, 13, n)[None, :] + masks * 1.0 + rng.normal(0, 0.3, (k, n))
+    logits[np.arange(k)[:, None], np.arange(n)[None, :], 0, labels[None, :]] += margin
+    return Signals(logits=logits.astype(np.float32), labels=labels, masks=masks)
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_rmia_scores_of_a_well_fit_model_do_not_tie(offline):
+    sig = _well_fit()
+    ref = _refs(sig, 0)
+    paper = RMIA(offline=offline, tie_break=False).score(sig, 0, ref)
+    assert np.unique(paper).size < 100  # the paper's score with gamma = 2: mass ties (the test can fail)
+    scores = RMIA(offline=offline).score(sig, 0, ref)
+    assert np.unique(scores).size >= 0.99 * sig.num_records
+    member = sig.masks[0]
+    assert roc_auc_score(member, scores) > roc_auc_score(member, paper) + 0.02
+
+
+def test_rmia_offline_a_auto_is_the_best_a_on_reference_models():
+    sig = make_synthetic_signals(10, 600, 2, 5, leak=1.5, seed=4, dtype=np.float64)
+    ref = _refs(sig, 0)
+    attack = RMIA(offline=True, offline_a="auto", tune_models=2)
+    scores = attack.score(sig, 0, ref)
+    a = attack.info["offline_a"]
+    want = []  # brute force: reference models 1.. play the target (their partners dropped), AUC per a
+    for grid_a in np.linspace(0, 1, 11):
+        total = 0.0
+        for pseudo in ref[:2]:
+            rest = [r for r in ref if r != pseudo and r != pseudo ^ 1]
+            total += roc_auc_score(sig.masks[pseudo], _brute_rmia_ratio(sig, pseudo, rest, True, grid_a))
+        want.append(total)
+    assert a == pytest.approx(np.linspace(0, 1, 11)[int(np.argmax(want))])
+    np.testing.assert_array_equal(scores, RMIA(offline=True, offline_a=a).score(sig, 0, ref))
+    with pytest.raises(ValueError, match="'often'"):
+        RMIA(offline_a="often")
 
 
 def test_rmia_offline_without_out_reference_falls_back():
@@ -323,9 +387,13 @@ def test_evaluate_matches_sklearn_and_uses_partner_shadow(leaky):
     assert row["tpr_at_fpr_0.001"] == _tpr_at(s, y, 0.001)
     assert row["tpr_at_fpr_0.01"] == _tpr_at(s, y, 0.01)
     fpr, tpr, _ = sk_roc_curve(y, s)
-    assert row["advantage"] == pytest.approx(np.max(tpr - fpr), abs=1e-12)
-    assert row["balanced_accuracy"] == pytest.approx(np.max((tpr + 1 - fpr) / 2), abs=1e-12)
+    assert row["advantage_max"] == pytest.approx(np.max(tpr - fpr), abs=1e-12)
     shadow_scores = lira.score(leaky, 4, _others(8, 4, 5))
+    # advantage and balanced accuracy: TPR - FPR (and its mean with TNR) at the shadow's balanced-accuracy threshold
+    thr_b = best_threshold(shadow_scores, leaky.masks[4], balanced=True)
+    tpr_b, fpr_b = (s[y] >= thr_b).mean(), (s[~y] >= thr_b).mean()
+    assert row["advantage"] == pytest.approx(tpr_b - fpr_b, abs=1e-12) and row["advantage"] <= row["advantage_max"]
+    assert row["balanced_accuracy"] == pytest.approx((tpr_b + 1 - fpr_b) / 2, abs=1e-12)
     thr = best_threshold(shadow_scores, leaky.masks[4])
     assert row["threshold"] == thr
     assert row["attack_accuracy"] == pytest.approx(accuracy_at_threshold(s, y, thr))
@@ -340,7 +408,18 @@ def test_evaluate_matches_sklearn_and_uses_partner_shadow(leaky):
     assert rec["auc_ci_low"] < rec["auc_mean"] < rec["auc_ci_high"]
     grid, mean_tpr = res.rocs["lira_online"]
     assert grid[0] == pytest.approx(1e-5) and grid[-1] == 1.0 and mean_tpr[-1] == 1.0
-    assert np.all(np.diff(mean_tpr) >= 0)
+    resolution = 1 / min((~leaky.masks[2]).sum(), (~leaky.masks[5]).sum())   # 1 / 500 non-members
+    assert rec["fpr_resolution"] == resolution
+    assert np.isnan(mean_tpr[grid < resolution]).all() and not np.isnan(mean_tpr[grid >= resolution]).any()
+    assert np.all(np.diff(mean_tpr[grid >= resolution]) >= 0)
+    assert rec["tpr_at_fpr_0.001_resolved"] is False and rec["tpr_at_fpr_0.01_resolved"] is True
+    # the ROC pooled over targets: every target's scores against its own membership, resolution 1 / 1000
+    pooled_s, pooled_y = res.scores["lira_online"].ravel(), res.labels.ravel()
+    assert rec["pooled_auc"] == pytest.approx(roc_auc_score(pooled_y, pooled_s), abs=1e-12)
+    assert rec["pooled_tpr_at_fpr_0.001"] == _tpr_at(pooled_s, pooled_y, 0.001)
+    assert rec["pooled_fpr_resolution"] == 1 / 1000 and rec["pooled_tpr_at_fpr_0.001_resolved"] is False
+    pgrid, ptpr = res.pooled_rocs["lira_online"]
+    assert np.isnan(ptpr[pgrid < 1e-3]).all() and not np.isnan(ptpr[pgrid >= 1e-3]).any()
     f, t, _ = roc_curve(s, y)
     assert tpr_at_fpr(f, t, 0.01) == row["tpr_at_fpr_0.01"]
 

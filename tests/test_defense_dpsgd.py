@@ -270,3 +270,6 @@ def test_dpsgd_end_to_end_reports_epsilon(compose_cfg, tmp_path):
     assert saved[0]["defense/sample_rate"] == pytest.approx(64 / 650)
     assert saved[0]["defense/delta"] == 1e-3
     assert saved[0]["defense/noise_multiplier"] == 1.0
+    # the empirical lower bound is computed at the run's delta and never exceeds the accountant's epsilon
+    assert saved[0]["eps_delta"] == saved[0]["defense/delta"]
+    assert 0 <= saved[0]["eps_lower_bound"] <= saved[0]["defense/epsilon"]

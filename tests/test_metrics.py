@@ -15,6 +15,10 @@ from mia_bench.metrics import (
     bootstrap_counts,
     bootstrap_roc_metrics,
     bootstrap_threshold_accuracy,
+    clopper_pearson,
+    epsilon_lower_bound,
+    epsilon_threshold,
+    fpr_resolution,
     log_fpr_grid,
     mean_roc,
     membership_advantage,
@@ -170,3 +174,50 @@ def test_percentile_ci_and_mean_roc():
     step = (np.array([0.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.0]))  # perfect attack: vertical then flat
     g, m = mean_roc([diag, step], grid)
     np.testing.assert_allclose(m, (grid + 1.0) / 2.0)
+
+
+# ------------------------------------------------------------------------------------------- empirical epsilon
+def test_clopper_pearson_and_epsilon_lower_bound_by_hand():
+    from scipy.stats import beta
+
+    lo, hi = clopper_pearson(np.array([0, 7, 10]), 10, 0.9)
+    assert lo[0] == 0 and hi[2] == 1
+    assert lo[1] == pytest.approx(beta.ppf(0.05, 7, 4)) and hi[1] == pytest.approx(beta.ppf(0.95, 8, 3))
+    tpr_lo, fpr_hi = beta.ppf(0.025, 900, 101), beta.ppf(0.975, 11, 990)
+    want = max(np.log((tpr_lo - 1e-5) / fpr_hi), np.log((1 - fpr_hi - 1e-5) / (1 - tpr_lo)))
+    assert epsilon_lower_bound(900, 1000, 10, 1000, 1e-5) == pytest.approx(want)
+    assert epsilon_lower_bound(50, 100, 50, 100, 1e-5) == 0.0          # chance: no evidence against DP
+    assert epsilon_lower_bound(0, 100, 0, 100, 1e-5) == 0.0            # nobody flagged
+    with pytest.raises(ValueError, match="delta"):
+        epsilon_lower_bound(1, 2, 1, 2, 1.5)
+
+
+@pytest.mark.parametrize("eps", [0.5, 2.0])
+def test_epsilon_lower_bound_of_randomised_response_approaches_but_never_exceeds_its_epsilon(eps):
+    """Randomised response is exactly eps-DP: a member answers 1 with probability e^eps / (1 + e^eps), a
+    non-member with 1 / (1 + e^eps). The bound at the 1-threshold approaches eps with many records, and exceeds
+    it in at most about 5% of draws (here: never, Clopper-Pearson is conservative)."""
+    p = np.exp(eps) / (1 + np.exp(eps))
+    rng = np.random.default_rng(int(eps * 10))
+    bounds = []
+    for _ in range(200):
+        y = np.arange(4000) < 2000
+        s = np.where(y, rng.random(4000) < p, rng.random(4000) < 1 - p).astype(float)
+        tau = epsilon_threshold(s, y, delta=0.0)
+        assert tau == 1.0
+        hit = s >= tau
+        bounds.append(epsilon_lower_bound((hit & y).sum(), 2000, (hit & ~y).sum(), 2000, delta=0.0))
+    bounds = np.array(bounds)
+    assert (bounds > eps).mean() <= 0.05
+    assert np.median(bounds) > 0.8 * eps
+
+
+def test_epsilon_threshold_and_fpr_resolution():
+    s = np.array([9.0, 8, 7, 6, 5, 4, 3, 2, 1, 0])
+    y = np.array([1, 1, 1, 1, 0, 1, 0, 0, 0, 0], dtype=bool)
+    tau = epsilon_threshold(s, y, delta=0.0, confidence=0.5)
+    eps_at = {t: epsilon_lower_bound(((s >= t) & y).sum(), 5, ((s >= t) & ~y).sum(), 5, 0.0, 0.5)
+              for t in np.r_[np.inf, s]}
+    assert eps_at[tau] == max(eps_at.values()) and tau == 6.0
+    assert fpr_resolution(y) == 1 / 5
+    np.testing.assert_array_equal(fpr_resolution(np.stack([y, ~y, y | True])), [0.2, 0.2, np.nan])

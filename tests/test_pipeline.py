@@ -46,6 +46,40 @@ def test_tiny_run_writes_every_output(compose_cfg, tmp_path):
     sig = Signals.load(tmp_path / "signals.npz")
     assert sig.logits.shape == (4, 1300, 1, 10)  # 1300 digits; the clean query only (digits: query_augment.shift=0)
     assert np.array_equal(sig.masks, np.load(tmp_path / "masks.npy"))
+    _check_per_record_outputs(tmp_path, on_disk, sig)
+
+
+def _check_per_record_outputs(out: Path, records: list[dict], sig: Signals) -> None:
+    """scores.npz and per_target.json hold what the metrics were computed from: recomputing a metric from them
+    (as a user of another tool would) gives metrics.json's figures."""
+    from sklearn.metrics import roc_auc_score
+
+    per_target = json.loads((out / "per_target.json").read_text())
+    with np.load(out / "scores.npz") as z:
+        targets, member = z["targets"], z["membership"]
+        assert list(z["attacks"]) == [r["attack"] for r in records]
+        np.testing.assert_array_equal(member, sig.masks[targets])
+        np.testing.assert_array_equal(z["label"], sig.labels)
+        np.testing.assert_array_equal(z["record"], np.arange(sig.num_records))
+        for rec in records:
+            scores = z[f"scores/{rec['attack']}"]
+            rows = [r for r in per_target if r["attack"] == rec["attack"]]
+            assert [r["target"] for r in rows] == targets.tolist()
+            aucs = [roc_auc_score(member[i], scores[i]) for i in range(len(targets))]
+            np.testing.assert_allclose([r["auc"] for r in rows], aucs, atol=1e-12)
+            assert rec["auc_mean"] == pytest.approx(np.mean(aucs), abs=1e-12)
+            assert rec["pooled_auc"] == pytest.approx(roc_auc_score(member.ravel(), scores.ravel()), abs=1e-12)
+            assert 0 <= rec["eps_lower_bound"] < 20 and rec["eps_delta"] == 1e-3  # 1 / 650 training records
+            assert rec["fpr_resolution"] == 1 / 650 and rec["tpr_at_fpr_0.001_resolved"] is False
+    with np.load(out / "roc_curves.npz") as z:
+        assert np.isnan(z["loss/tpr"][z["loss/fpr"] < 1 / 650]).all()
+        assert np.isnan(z["loss/pooled_tpr"][z["loss/fpr"] < 1 / (650 * len(targets))]).all()
+    lines = (out / "exposed_records.csv").read_text().splitlines()
+    assert lines[0].startswith("rank,record,label,attack,mean_detection_fpr") and len(lines) == 101
+    fprs = [float(line.split(",")[4]) for line in lines[1:]]
+    assert fprs == sorted(fprs)
+    for name in ("roc_pooled.png", "exposed_records.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
 @pytest.mark.slow

@@ -4,18 +4,28 @@
 the reference models:
 
 * online (``offline: false``): all reference models (IN and OUT for x);
-* offline: only the reference models OUT for x, corrected by ``Pr(x) = ((1 + a) Pr_out(x) + (1 - a)) / 2``
-  (``offline_a``; the paper tunes ``a`` per setting on a pair of reference models; 0.3 is the default of the
-  privacy meter's ``get_out_ref_signals``; the paper's CIFAR-10 configs write ``p_IN = a p_OUT + b`` with
-  a = 0.33, b = 0.66, the same formula with ``b = 1 - a``).
+* offline: only the reference models OUT for x, corrected by ``Pr(x) = ((1 + a) Pr_out(x) + (1 - a)) / 2``.
+  ``offline_a: auto`` tunes ``a`` as the paper does: a reference model plays the target, the other reference
+  models (without its complementary partner) the references, and the ``a`` of the grid 0, 0.1, ..., 1 with
+  the highest AUC on that model's known membership is used (averaged over up to ``tune_models`` such
+  models). A number fixes ``a`` (0.3 is the privacy meter's default; the paper's CIFAR-10 configs use 0.33).
 
-With ``r(x) = Pr(x|theta_t) / Pr(x)`` and ``LR(x, z) = r(x) / r(z)``, the score of x is the fraction of
+With ``r(x) = Pr(x|theta_t) / Pr(x)`` and ``LR(x, z) = r(x) / r(z)``, the paper's score of x is the fraction of
 population records z with ``LR(x, z) > gamma``. The z set is all N population records (``num_z`` draws a
-seeded subset without replacement); ``Pr(z)`` uses the same online/offline estimate as ``Pr(x)``. The privacy
-meter's RMIA paper configs (``research/2023_rmia``) use ``gamma = 2``; its current library code
-(``run_rmia``) compares against 1. For a fixed z set the score is a non-decreasing function of ``r(x)``
-whatever gamma is, so gamma changes the ROC only through ties: records whose ``r(x) / gamma`` lies beyond
-the range of ``r(z)`` share the score 0 or 1, which coarsens the curve at the low-FPR end when gamma is large.
+seeded subset without replacement); ``Pr(z)`` uses the same online/offline estimate as ``Pr(x)``.
+
+Ties. The paper's score is a step function of ``r(x)`` with at most |Z| + 1 values, and on a well-fit model
+``r(x)`` is about 1 for most records, so with ``gamma = 2`` (the paper's configs) most records fall in one
+step: on the digits default, 1,236 of 1,300 records of a target shared one score, and the ties, spread over
+the whole curve, cost 0.06 AUC. ``tie_break: true`` (the default) adds, inside the step,
+``u(x) = 1/2 + arctan(d(x)) / pi`` in (0, 1), where ``d(x) = mean_z log LR(x, z)`` is the mean log-ratio:
+
+    score(x) = ( |{z : LR(x, z) > gamma}| + u(x) ) / |Z|
+
+so ``floor(|Z| score) / |Z|`` is still the paper's score, and records the paper ties are ordered by their
+likelihood ratio against the average z. The score is then a strictly increasing function of ``r(x)`` (both
+terms are non-decreasing in ``r(x)``, the second strictly), so its ROC is the ROC of ``r(x)`` itself, whatever
+gamma and Z. ``tie_break: false`` gives the paper's score exactly.
 
 Computation is in log space (``log r = log Pr(x|t) - log Pr(x)``, each a log-mean-exp of log-probabilities, so
 probabilities that underflow float64 stay exact), and the pairwise count is ``searchsorted`` on the sorted
@@ -31,27 +41,37 @@ from scipy.special import logsumexp
 from mia_bench.attacks.base import Attack
 from mia_bench.signals import Signals
 
+A_GRID = tuple(round(0.1 * i, 1) for i in range(11))   # the offline a values tried by offline_a=auto
+
 
 class RMIA(Attack):
     needs_reference = True
 
-    def __init__(self, offline: bool = False, offline_a: float = 0.3, gamma: float = 2.0,
-                 num_z: int | None = None, seed: int = 0, name: str | None = None) -> None:
+    def __init__(self, offline: bool = False, offline_a: float | str = 0.3, gamma: float = 2.0,
+                 num_z: int | None = None, seed: int = 0, tie_break: bool = True, tune_models: int = 4,
+                 name: str | None = None) -> None:
         super().__init__()
-        if not 0.0 <= offline_a <= 1.0:
-            raise ValueError(f"rmia: offline_a must lie in [0, 1]; got {offline_a}")
+        if isinstance(offline_a, str):
+            if offline_a != "auto":
+                raise ValueError(f"rmia: offline_a must be a number in [0, 1] or 'auto'; got {offline_a!r}")
+        elif not 0.0 <= float(offline_a) <= 1.0:
+            raise ValueError(f"rmia: offline_a must lie in [0, 1] or be 'auto'; got {offline_a}")
         if not gamma > 0:
             raise ValueError(f"rmia: gamma must be > 0; got {gamma}")
         if num_z is not None and int(num_z) < 1:
             raise ValueError(f"rmia: num_z must be a positive int or null (all records); got {num_z}")
+        if int(tune_models) < 1:
+            raise ValueError(f"rmia: tune_models must be >= 1; got {tune_models}")
         self.offline = bool(offline)
-        self.offline_a = float(offline_a)
+        self.offline_a = offline_a if isinstance(offline_a, str) else float(offline_a)
         self.gamma = float(gamma)
         self.num_z = None if num_z is None else int(num_z)
         self.seed = int(seed)
+        self.tie_break = bool(tie_break)
+        self.tune_models = int(tune_models)
         self.name = name or ("rmia_offline" if self.offline else "rmia")
 
-    def log_ratio(self, signals: Signals, target: int, ref: np.ndarray) -> np.ndarray:
+    def log_ratio(self, signals: Signals, target: int, ref: np.ndarray, a: float | None = None) -> np.ndarray:
         """``log r(x) = log Pr(x|theta_t) - log Pr(x)`` for every population record, ``[N]``."""
         lp = signals.true_log_prob                                     # [K, N, Q]
         q = lp.shape[2]
@@ -61,6 +81,21 @@ class RMIA(Attack):
             log_p_x = logsumexp(lp_ref, axis=(0, 2)) - np.log(lp_ref.shape[0] * q)
             self.info = {}
             return log_p_target - log_p_x
+        log_p_out, n_fallback = self._log_p_out(signals, ref)
+        if a is None:
+            a, tuned = (self.tune_a(signals, ref), True) if self.offline_a == "auto" else (self.offline_a, False)
+        else:
+            tuned = False
+        self.info = {"n_fallback_out": n_fallback, **({"offline_a": a} if tuned else {})}
+        with np.errstate(divide="ignore"):
+            log_p_x = np.logaddexp(np.log1p(a) + log_p_out, np.log(1.0 - a)) - np.log(2.0)
+        return log_p_target - log_p_x
+
+    @staticmethod
+    def _log_p_out(signals: Signals, ref: np.ndarray) -> tuple[np.ndarray, int]:
+        """log Pr_out(x) over the reference models OUT for x, and how many records had none."""
+        lp_ref = signals.true_log_prob[ref]                            # [R, N, Q]
+        q = lp_ref.shape[2]
         out = ~signals.masks[ref]                                      # [R, N]
         n_out = out.sum(0)
         with np.errstate(divide="ignore"):
@@ -70,11 +105,36 @@ class RMIA(Attack):
         if empty.any():  # no OUT model for the record: the population average of Pr_out (1 if none at all)
             fallback = logsumexp(log_p_out[~empty]) - np.log((~empty).sum()) if (~empty).any() else 0.0
             log_p_out[empty] = fallback
-        self.info = {"n_fallback_out": int(empty.sum())}
-        a = self.offline_a
-        with np.errstate(divide="ignore"):
-            log_p_x = np.logaddexp(np.log1p(a) + log_p_out, np.log(1.0 - a)) - np.log(2.0)
-        return log_p_target - log_p_x
+        return log_p_out, int(empty.sum())
+
+    def tune_a(self, signals: Signals, ref: np.ndarray) -> float:
+        """The offline ``a`` of ``A_GRID`` with the best mean AUC when reference models play the target.
+
+        Uses only what the attacker knows (reference models and their masks). The AUC of the tie-broken score
+        is the AUC of ``log r(x)`` (same order), so ``log r`` is ranked directly. Falls back to 0.3 when the
+        references are too few to hold one out (fewer than 2 after dropping the pseudo-target's partner)."""
+        from mia_bench.attacks.evaluate import complementary_partner
+        from mia_bench.metrics import roc_auc
+
+        aucs = np.zeros(len(A_GRID))
+        used = 0
+        for pseudo in ref[: self.tune_models]:
+            partner = complementary_partner(signals.masks, int(pseudo))
+            rest = np.array([r for r in ref if r != pseudo and r != partner], dtype=np.int64)
+            member = signals.masks[pseudo]
+            if rest.size == 0 or member.all() or not member.any():
+                continue
+            lp = signals.true_log_prob
+            log_p_target = logsumexp(lp[pseudo], axis=1) - np.log(lp.shape[2])
+            log_p_out, _ = self._log_p_out(signals, rest)
+            for i, a in enumerate(A_GRID):
+                with np.errstate(divide="ignore"):
+                    log_p_x = np.logaddexp(np.log1p(a) + log_p_out, np.log(1.0 - a)) - np.log(2.0)
+                aucs[i] += roc_auc(log_p_target - log_p_x, member)
+            used += 1
+        if used == 0:
+            return 0.3
+        return float(A_GRID[int(np.argmax(aucs))])  # first maximum: the smallest a among equals
 
     def score(self, signals: Signals, target: int, reference: np.ndarray) -> np.ndarray:
         ref = self.check(signals, target, reference, min_reference=1)
@@ -85,4 +145,8 @@ class RMIA(Attack):
             log_r_z = log_r[idx]
         sorted_z = np.sort(log_r_z)
         count = np.searchsorted(sorted_z, log_r - np.log(self.gamma), side="left")  # #{z: log r(z) < .}
-        return count / sorted_z.size
+        if not self.tie_break:
+            return count / sorted_z.size
+        d = log_r - log_r_z.mean()                       # mean_z log LR(x, z)
+        u = np.minimum(0.5 + np.arctan(d) / np.pi, np.nextafter(1.0, 0.0))
+        return (count + u) / sorted_z.size

@@ -31,6 +31,7 @@ from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch import nn
 
+from mia_bench.metrics import default_delta  # noqa: F401  (re-exported: DP-SGD's default delta)
 from mia_bench.training.module import ClassifierModule
 
 log = logging.getLogger(__name__)
@@ -67,13 +68,6 @@ class PoissonBatchLoader:
             keep = torch.rand(n, generator=self.generator) < self.sample_rate
             idx = keep.nonzero().squeeze(1).to(self.x.device)
             yield self.x[idx], self.y[idx]
-
-
-def default_delta(n: int) -> float:
-    """``1 / N`` rounded down to a power of ten (N = 650 -> 1e-3, N = 1000 -> 1e-3, N = 25000 -> 1e-5)."""
-    if n < 1:
-        raise ValueError(f"cannot set delta for a training set of {n} records")
-    return 10.0 ** -len(str(n - 1)) if n > 1 else 0.1
 
 
 def make_dp_compatible(model: nn.Module) -> nn.Module:

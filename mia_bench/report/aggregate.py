@@ -190,7 +190,8 @@ def privacy_utility_table(
               "test acc (%)"]
     for a in attacks:
         header += [f"{a} AUC", f"{a} TPR@1%FPR (%)"]
-    header += [f"AUC vs {reference}", "defense reports"]
+    eps = "eps_lower_bound" in cells_df.columns
+    header += [f"AUC vs {reference}", *(["ε ≥ (strongest)"] if eps else []), "defense reports"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     keys = cell_keys(cells_df)
 
@@ -221,6 +222,9 @@ def privacy_utility_table(
                 r, b = by_attack.get(a), baseline.get((*context(first), a))
                 marks.append("–" if r is None or b is None else compare_to_reference(r, b, "auc", z))
             cells.append(" ".join(marks))
+        if eps:
+            bounds = g["eps_lower_bound"].dropna()
+            cells.append(f"{bounds.max():.2f}" if len(bounds) else "–")
         extra = {k.split("/", 1)[1]: v for k, v in first.items() if k.startswith("defense/") and pd.notna(v)}
         cells.append(", ".join(f"{k} {_short(v)}" for k, v in extra.items()) or "")
         lines.append("| " + " | ".join(cells) + " |")
@@ -229,6 +233,10 @@ def privacy_utility_table(
         f"or within {z:g} standard errors (=) of the undefended cell's; standard errors from the std over target "
         "models. ↓ everywhere means the defense reduces the leak these attacks measure; = or ↑ means it does not.\n"
     )
+    if eps:
+        legend += ("*ε ≥*: the largest empirical epsilon lower bound over the cell's attacks, at the run's delta (95% "
+                   "Clopper-Pearson, threshold from the shadow model; docs/protocol.md); for DP-SGD the accountant's "
+                   "epsilon is under defense reports.\n")
     if seeds:
         legend += ("*seeds*: runs of the cell with different seeds; its figures are their mean ± their spread (sample "
                    "std across seeds).\n")
@@ -318,10 +326,11 @@ def interval(row: pd.Series, metric: str) -> str:
         return "–"
     if (row.get("n_seeds") or 1) > 1:
         return f"{mean_std(row, metric, pct=pct, digits=digits)} ({int(row['n_seeds'])} seeds)"
+    flag = " ‡" if row.get(f"{metric}_resolved") is False else ""  # TPR at zero false positives
     lo, hi = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
     if lo is not None and hi is not None and pd.notna(lo) and pd.notna(hi):
-        return f"{mean * scale:.{digits}f} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
-    return mean_std(row, metric, pct=pct, digits=digits)
+        return f"{mean * scale:.{digits}f} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]{flag}"
+    return mean_std(row, metric, pct=pct, digits=digits) + flag
 
 
 def pivot_table(
@@ -360,4 +369,7 @@ def pivot_table(
                 cell += f" ({r['attack']})"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
+    if any("‡" in line for line in lines[4:]):
+        lines.append("\n‡ TPR at zero false positives: 1 / non-members per target is coarser than the FPR level "
+                     "(metrics.json has the pooled figure, which resolves it with enough targets).")
     return "\n".join(lines) + "\n"

@@ -31,25 +31,73 @@ def loglog_roc_axes(ax, title: str) -> None:
     ax.grid(True, which="major", alpha=0.3)
 
 
-def plot_roc(rocs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> None:
-    """Log-log ROC of every attack (mean TPR over targets on a log FPR grid), as LiRA plots it: the region
-    that matters for privacy is the low-FPR corner, invisible on linear axes."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+def _legend(name: str, rec: dict | None, pooled: bool) -> str:
+    """``attack  AUC 0.61 · 4.2% @1%`` (the figures the curve stands for), or the bare name without records."""
+    if rec is None:
+        return name
+    prefix = "pooled_" if pooled else ""
+    auc = rec.get(f"{prefix}auc" if pooled else "auc_mean")
+    tpr = rec.get(f"{prefix}tpr_at_fpr_0.01" if pooled else "tpr_at_fpr_0.01_mean")
+    if auc is None or tpr is None:
+        return name
+    return f"{name}  AUC {auc:.3f} · {100 * tpr:.1f}% @1%"
+
+
+def plot_roc(rocs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "",
+             records: list[dict] | None = None, pooled: bool = False) -> None:
+    """Log-log ROC of every attack, as LiRA plots it: the region that matters for privacy is the low-FPR corner,
+    invisible on linear axes. ``rocs``: the mean TPR over targets (or the pooled ROC, ``pooled=True``) on a log
+    FPR grid, NaN below the FPR resolution, so each curve stops where its data stop (dotted line: 1 /
+    non-members). With ``records`` the legend gives each attack's AUC and TPR at 1% FPR, strongest first."""
+    by_name = {r["attack"]: r for r in records or []}
+    key = "pooled_tpr_at_fpr_0.01" if pooled else "tpr_at_fpr_0.01_mean"
+    names = sorted(rocs, key=lambda a: (-by_name.get(a, {}).get(key, 0.0), a))
+    fig, ax = plt.subplots(figsize=(6, 5.5))
     colors = plt.cm.tab20(np.linspace(0, 1, 20))
-    for i, (name, (fpr, tpr)) in enumerate(sorted(rocs.items())):
-        ax.plot(fpr, tpr, label=name, lw=1.4, color=colors[(2 * i) % 20 + (i // 10) % 2])
+    resolution = None
+    for i, name in enumerate(names):
+        fpr, tpr = rocs[name]
+        ax.plot(fpr, tpr, label=_legend(name, by_name.get(name), pooled), lw=1.4,
+                color=colors[(2 * i) % 20 + (i // 10) % 2])
+        ok = ~np.isnan(np.asarray(tpr, dtype=np.float64))
+        if ok.any() and not ok.all():
+            resolution = float(np.asarray(fpr)[ok][0])
     loglog_roc_axes(ax, title)
+    if resolution is not None:
+        ax.axvline(resolution, color="gray", ls=":", lw=1)
+        ax.text(resolution, 1.3e-4, " FPR resolution", fontsize=7, color="gray", rotation=90, va="bottom")
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def save_roc_curves(rocs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path) -> None:
-    """The curves behind roc.png (``<attack>/fpr``, ``<attack>/tpr``: FPR grid, mean TPR over targets), so the
-    report can overlay runs without recomputing attacks."""
+def save_roc_curves(rocs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
+                    pooled: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
+    """The curves behind roc.png (``<attack>/fpr``, ``<attack>/tpr``: FPR grid, mean TPR over targets) and
+    roc_pooled.png (``<attack>/pooled_tpr`` on the same grid), NaN below the FPR resolution, so the report can
+    overlay runs without recomputing attacks."""
     arrays = {}
     for name, (fpr, tpr) in rocs.items():
         arrays[f"{name}/fpr"] = np.asarray(fpr, dtype=np.float64)
         arrays[f"{name}/tpr"] = np.asarray(tpr, dtype=np.float64)
+        if pooled and name in pooled:
+            arrays[f"{name}/pooled_tpr"] = np.asarray(pooled[name][1], dtype=np.float64)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_scores(result, record_labels: np.ndarray, path: str | Path) -> None:
+    """Every attack's score of every scored record on every target model, with the ground truth, so a user can
+    compute their own metric or load them into another tool (format: docs/outputs.md#scoresnpz)."""
+    arrays = {
+        "targets": np.asarray(result.targets, dtype=np.int64),
+        "shadows": np.asarray(result.shadows, dtype=np.int64),
+        "membership": np.asarray(result.labels, dtype=bool),
+        "record": np.arange(result.labels.shape[1], dtype=np.int64),
+        "label": np.asarray(record_labels, dtype=np.int64),
+        "attacks": np.array(list(result.scores), dtype=np.str_),
+        **{f"scores/{name}": np.asarray(s, dtype=np.float64) for name, s in result.scores.items()},
+    }
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
@@ -67,10 +115,20 @@ def _fmt(rec: dict, key: str, pct: bool = False) -> str:
     return s
 
 
+def _tpr(rec: dict, level: str, flags: set) -> str:
+    """TPR at an FPR level, mean ± std, marked ‡ when the FPR resolution is coarser than the level."""
+    text = _fmt(rec, f"tpr_at_fpr_{level}", True)
+    if rec.get(f"tpr_at_fpr_{level}_resolved") is False:
+        flags.add(level)
+        text += " ‡"
+    return text
+
+
 def print_table(records: list[dict], console: Console | None = None) -> None:
-    """The summary a user reads first: one row per attack, mean ± std over target models."""
+    """The summary a user reads first: one row per attack, mean ± std over target models, the pooled TPR at 0.1%
+    FPR, and the empirical epsilon lower bound."""
     # Not a terminal (a log file, CI): rich would wrap at 80 columns and split every cell over two lines.
-    console = console or Console(width=None if Console().is_terminal else 150)
+    console = console or Console(width=None if Console().is_terminal else 160)
     if not records:
         return
     r0 = records[0]
@@ -84,18 +142,37 @@ def print_table(records: list[dict], console: Console | None = None) -> None:
     if reported:  # what the defense reports about itself: epsilon, sparsity, final mixing ratio, ...
         title += "\n" + ", ".join(f"{k} {v:.4g}" for k, v in reported.items())
     table = Table(title=title, title_style="bold")
-    for col in ("attack", "AUC", "TPR@0.1%FPR (%)", "TPR@1%FPR (%)", "advantage", "attack acc (%)"):
+    eps_col = f"ε ≥ (δ={r0['eps_delta']:.0e})" if "eps_delta" in r0 else "ε ≥"
+    for col in ("attack", "AUC", "TPR@0.1%FPR (%)", "TPR@1%FPR (%)", "pooled TPR@0.1% (%)", "advantage",
+                "attack acc (%)", eps_col):
         table.add_column(col, justify="left" if col == "attack" else "right", no_wrap=True)
+    flags: set = set()
     for rec in sorted(records, key=lambda r: -r.get("tpr_at_fpr_0.01_mean", 0.0)):
+        pooled = rec.get("pooled_tpr_at_fpr_0.001")
+        pooled_text = "-" if pooled is None else f"{100 * pooled:.2f}"
+        if rec.get("pooled_tpr_at_fpr_0.001_resolved") is False:
+            pooled_text += " ‡"
+            flags.add("pooled")
+        eps = rec.get("eps_lower_bound")
         table.add_row(
             rec["attack"],
             _fmt(rec, "auc"),
-            _fmt(rec, "tpr_at_fpr_0.001", True),
-            _fmt(rec, "tpr_at_fpr_0.01", True),
+            _tpr(rec, "0.001", flags),
+            _tpr(rec, "0.01", flags),
+            pooled_text,
             _fmt(rec, "advantage"),
             _fmt(rec, "attack_accuracy", True),
+            "-" if eps is None else f"{eps:.2f}",
         )
     console.print(table)
+    if flags:
+        res = r0.get("fpr_resolution", float("nan"))
+        console.print(f"‡ TPR at zero false positives: the FPR resolution (1 / non-members = {res:.2g} per target, "
+                      f"{r0.get('pooled_fpr_resolution', float('nan')):.2g} pooled) is coarser than the level")
+    if "eps_delta" in r0:
+        dp = f"; DP-SGD's accountant: ε = {r0['defense/epsilon']:.3g}" if "defense/epsilon" in r0 else ""
+        console.print(f"ε ≥: the epsilon the attack's test demands at δ = {r0['eps_delta']:.0e} "
+                      f"({100 * r0.get('confidence', 0.95):.0f}% Clopper-Pearson, threshold from the shadow model){dp}")
     if r0.get("warnings"):
         console.print(f"[bold red]warning:[/] {r0['warnings']}")
 
@@ -103,11 +180,11 @@ def print_table(records: list[dict], console: Console | None = None) -> None:
 UTILITY_KEYS = ("test_acc_mean", "test_acc_std", "train_acc_mean", "train_acc_std", "gen_gap", "train_seconds")
 
 
-def log_to_wandb(records: list[dict], roc_png: Path, choices: dict[str, str]) -> None:
+def log_to_wandb(records: list[dict], out: Path, choices: dict[str, str]) -> None:
     """Into the cell's W&B run (opened by ``python -m mia_bench`` with group, name, tags and config; opened here
     when none is): every figure as summary scalar ``<attack>/<metric>``, the cell's own figures (test accuracy,
-    epsilon, ...) also under their plain names (for plots across a sweep's runs), the whole table and the ROC
-    plot; then finish the run."""
+    epsilon, ...) also under their plain names (for plots across a sweep's runs), the whole table, the ROC plots
+    and the most exposed records; then finish the run."""
     import pandas as pd
     import wandb
 
@@ -123,5 +200,7 @@ def log_to_wandb(records: list[dict], roc_png: Path, choices: dict[str, str]) ->
                 run.summary[f"{rec['attack']}/{key}"] = value
                 if key in UTILITY_KEYS or key.startswith("defense/"):  # the cell's, not the attack's: unprefixed too
                     run.summary[key] = value
-    run.log({"metrics": wandb.Table(dataframe=pd.DataFrame(records)), "roc": wandb.Image(str(roc_png))})
+    images = {"roc": "roc.png", "pooled_roc": "roc_pooled.png", "exposed_records": "exposed_records.png"}
+    logged = {key: wandb.Image(str(out / name)) for key, name in images.items() if (out / name).exists()}
+    run.log({"metrics": wandb.Table(dataframe=pd.DataFrame(records)), **logged})
     run.finish()
