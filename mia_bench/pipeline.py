@@ -435,8 +435,8 @@ CHECKS = {
     "evaluation.confidence": (lambda v: isinstance(v, float) and 0 < v < 1, "a level in (0, 1), e.g. 0.95"),
     "evaluation.null_test": (lambda v: isinstance(v, bool), "true or false"),
     "evaluation.ci_method": (lambda v: v in CI_METHODS, " or ".join(CI_METHODS)),
-    "evaluation.delta": (lambda v: v == "auto" or (isinstance(v, float) and 0 <= v < 1),
-                         "auto or a delta in [0, 1), e.g. 1e-5"),
+    "evaluation.delta": (lambda v: v == "auto" or (isinstance(v, int | float) and not isinstance(v, bool)
+                                                   and 0 <= v < 1), "auto or a delta in [0, 1), e.g. 1e-5"),
     "train.epochs": (lambda v: _whole(v, 1), "a whole number of epochs >= 1"),
     "train.batch_size": (lambda v: _whole(v, 1), "a whole number of records >= 1"),
     "train.eval_batch_size": (lambda v: _whole(v, 1), "a whole number of records >= 1"),

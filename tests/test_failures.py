@@ -273,6 +273,8 @@ def test_a_shard_job_that_stored_nothing_fails_naming_the_models(compose_cfg, tm
     ("num_models=abc", "num_models='abc': expected a whole number of models >= 2"),
     ("num_models=3", "num_models=3: the paired mask scheme needs an even number of models"),
     ("evaluation.targets=some", "evaluation.targets='some': expected auto, all"),
+    ("evaluation.delta=2", "evaluation.delta=2: expected auto or a delta in [0, 1)"),
+    ("evaluation.ci_method=bootstrap", "evaluation.ci_method='bootstrap': expected auto or bca or percentile"),
 ])
 def test_every_run_setting_is_checked_before_any_data_loads(compose_cfg, monkeypatch, override, message):
     import mia_bench.pipeline as pipeline

@@ -287,3 +287,22 @@ def test_seeds_of_a_cell_are_averaged_with_their_spread_and_reruns_are_deduplica
     assert table[0].startswith("| dataset | model | defense | seeds | test acc (%) |")
     assert table[2].startswith("| digits | mlp | none | 3 | 91.0 ± 1.0 | 0.620 ± 0.020")
     assert "(3 seeds)" in pivot_table(collect([tmp_path]), attack="loss")
+
+
+def test_tables_flag_unresolved_tpr_and_show_the_epsilon_lower_bound(tmp_path):
+    from mia_bench.report.aggregate import pivot_table
+
+    s = tmp_path / "sweep"
+    flags = {"tpr_at_fpr_0.001_mean": 0.02, "tpr_at_fpr_0.001_ci_low": 0.01, "tpr_at_fpr_0.001_ci_high": 0.03,
+             "tpr_at_fpr_0.001_resolved": False, "eps_lower_bound": 1.5}
+    _write_run(s / "0", "none", 0.6, flags)
+    _write_run(s / "1", "dpsgd", 0.5, {**flags, "tpr_at_fpr_0.001_resolved": True, "eps_lower_bound": 0.25,
+                                       "defense/epsilon": 4.0})
+    df = collect([s])
+    pivot = pivot_table(df, "tpr_at_fpr_0.001", "loss").splitlines()
+    assert pivot[4].startswith("| digits | mlp | 2.0 [1.0, 3.0] ‡ · 90.0% | 2.0 [1.0, 3.0] · 90.0% |")
+    assert pivot[-1].startswith("‡ TPR at zero false positives")
+    table = privacy_utility_table(df).splitlines()
+    assert "ε ≥ (strongest)" in table[0]
+    assert table[2].endswith("| (reference) | 1.50 |  |") and table[3].endswith("| 0.25 | epsilon 4 |")
+    assert any(line.startswith("*ε ≥*") for line in table)

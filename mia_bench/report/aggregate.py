@@ -148,13 +148,24 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     out = groups.first().reset_index()  # text columns agree within a cell (dataset, choices, ...)
     n = groups["run_dir"].nunique().to_numpy()
     out["n_seeds"] = n
-    numeric = [c for c in df.columns if c not in (*keys, "attack") and pd.api.types.is_numeric_dtype(df[c])]
+    rest = [c for c in df.columns if c not in (*keys, "attack")]
+    flags = [c for c in rest if pd.api.types.is_bool_dtype(df[c])]
+    numeric = [c for c in rest if c not in flags and pd.api.types.is_numeric_dtype(df[c])]
+    cols: dict[str, np.ndarray] = {}
     for c in numeric:  # every figure averaged over the same runs
-        out[c] = groups[c].mean().to_numpy()
+        cols[c] = groups[c].mean().to_numpy()
         if c.endswith("_mean"):
-            out[f"{c[: -len('_mean')]}_seed_std"] = np.where(n > 1, groups[c].std(ddof=1).to_numpy(), np.nan)
-    out["run_dir"] = groups["run_dir"].agg(lambda d: ", ".join(sorted(set(d)))).to_numpy()
-    return out
+            cols[f"{c[: -len('_mean')]}_seed_std"] = np.where(n > 1, groups[c].std(ddof=1).to_numpy(), np.nan)
+    for c in flags:  # e.g. tpr_at_fpr_0.001_resolved: true only if true in every run
+        cols[c] = groups[c].all().to_numpy()
+    cols["run_dir"] = groups["run_dir"].agg(lambda d: ", ".join(sorted(set(d)))).to_numpy()
+    return pd.concat([out.drop(columns=[c for c in cols if c in out.columns]), pd.DataFrame(cols)], axis=1)
+
+
+def unresolved(row: pd.Series, metric: str) -> bool:
+    """Whether a TPR-at-FPR figure is flagged as TPR at zero false positives (``<metric>_resolved`` false)."""
+    v = row.get(f"{metric}_resolved")
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and not bool(v)
 
 
 def mean_std(row: pd.Series, key: str, pct: bool = False, digits: int | None = None) -> str:
@@ -326,7 +337,7 @@ def interval(row: pd.Series, metric: str) -> str:
         return "–"
     if (row.get("n_seeds") or 1) > 1:
         return f"{mean_std(row, metric, pct=pct, digits=digits)} ({int(row['n_seeds'])} seeds)"
-    flag = " ‡" if row.get(f"{metric}_resolved") is False else ""  # TPR at zero false positives
+    flag = " ‡" if unresolved(row, metric) else ""  # TPR at zero false positives
     lo, hi = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
     if lo is not None and hi is not None and pd.notna(lo) and pd.notna(hi):
         return f"{mean * scale:.{digits}f} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]{flag}"
