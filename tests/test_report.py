@@ -45,6 +45,9 @@ def test_report_collects_every_run_and_writes_the_table(tmp_path, capsys):
     assert main([str(sweep), "--order", "none,dpsgd"]) == 0
     summary = pd.read_csv(sweep / "summary.csv")
     assert len(summary) == 6 and set(summary.defense) == {"none", "dpsgd"}
+    dp = summary[summary.defense == "dpsgd"].set_index("attack")
+    assert dp.loc["loss", "auc_vs_none_diff"] == pytest.approx(-0.1)  # Welch's p needs n_targets (absent here)
+    assert "auc_vs_none_p" in summary.columns and summary[summary.defense == "none"].auc_vs_none_diff.isna().all()
     table = (sweep / "privacy_utility.md").read_text().splitlines()
     assert table[2].startswith("| digits | mlp | none | 90.0 ± 1.0 | 0.600 ± 0.002 | 1.23 ± 0.40 | 0.610")
     assert table[3].split(" | ")[2] == "dpsgd" and table[3].endswith("| epsilon 3.21 |")
@@ -186,19 +189,28 @@ def test_report_cli_writes_every_output(sweep, capsys):
     assert "--attack 'nope': not among the attacks of these runs (lira_online, loss, rmia)" in capsys.readouterr().err
 
 
-def test_compare_to_reference_uses_the_standard_error_of_the_difference():
+def test_compare_to_reference_is_welchs_test_from_scipy():
     import pandas as pd
+    from scipy.stats import ttest_ind
 
-    from mia_bench.report.aggregate import compare_to_reference
+    from mia_bench.report.aggregate import compare_to_reference, welch
 
-    ref = pd.Series({"auc_mean": 0.60, "auc_std": 0.02, "n_targets": 8})
-    se = (2 * 0.02**2 / 8) ** 0.5  # 0.01
-    assert compare_to_reference(pd.Series({"auc_mean": 0.60 - 2.1 * se, "auc_std": 0.02, "n_targets": 8}), ref) == "↓"
-    assert compare_to_reference(pd.Series({"auc_mean": 0.60 - 1.9 * se, "auc_std": 0.02, "n_targets": 8}), ref) == "="
-    assert compare_to_reference(pd.Series({"auc_mean": 0.60 + 2.1 * se, "auc_std": 0.02, "n_targets": 8}), ref) == "↑"
-    # fewer targets, wider error: the same difference is no longer significant
-    few = pd.Series({"auc_mean": 0.60 - 2.1 * se, "auc_std": 0.02, "n_targets": 2})
-    assert compare_to_reference(few, ref) == "="
+    rng = np.random.default_rng(0)
+    a, b = 0.6 + 0.02 * rng.standard_normal(8), 0.58 + 0.03 * rng.standard_normal(6)
+    row = pd.Series({"auc_mean": b.mean(), "auc_std": b.std(ddof=1), "n_targets": 6})
+    ref = pd.Series({"auc_mean": a.mean(), "auc_std": a.std(ddof=1), "n_targets": 8})
+    diff, p = welch(row, ref)
+    assert diff == pytest.approx(b.mean() - a.mean())
+    assert p == pytest.approx(ttest_ind(b, a, equal_var=False).pvalue)  # the same test on the raw values
+    assert compare_to_reference(row, ref) == ("↓" if p < 0.05 else "=")
+    se = (2 * 0.02**2 / 8) ** 0.5
+    far = pd.Series({"auc_mean": 0.60 + 4 * se, "auc_std": 0.02, "n_targets": 8})
+    near = pd.Series({"auc_mean": 0.60 + 1 * se, "auc_std": 0.02, "n_targets": 8})
+    base = pd.Series({"auc_mean": 0.60, "auc_std": 0.02, "n_targets": 8})
+    assert compare_to_reference(far, base) == "↑" and compare_to_reference(near, base) == "="
+    # fewer targets: fewer degrees of freedom, a wider test; one target: no test at all
+    assert welch(pd.Series({**far, "n_targets": 2}), base)[1] > welch(far, base)[1]
+    assert np.isnan(welch(pd.Series({**far, "n_targets": 1}), base)[1])
 
 
 def test_privacy_utility_table_marks_each_attack_against_the_undefended_cell():

@@ -1,7 +1,8 @@
 """``python -m mia_bench.report <run or multirun dir> ...``: aggregate finished runs (written next to the first
 directory, or to ``--out``) into
 
-- ``summary.csv``: every record of every run (one row per run x attack, all metrics and choices);
+- ``summary.csv``: every record of every run (one row per run x attack, all metrics and choices), with the AUC
+  difference to the undefended cell and its Welch p-value (``auc_vs_none_diff``, ``auc_vs_none_p``);
 - ``privacy_utility.md``: one row per dataset / model / defense, AUC and TPR@1%FPR of some attacks;
 - ``pivot.md``: rows dataset x model, columns defense, cells ``metric [interval] · test accuracy``;
 - ``privacy_utility.png``: test accuracy against the attack metric (or epsilon), a point per run;
@@ -18,7 +19,16 @@ from pathlib import Path
 import pandas as pd
 
 from mia_bench.atomic import atomic_write_text
-from mia_bench.report.aggregate import METRICS, STRONGEST, collect, failed_footer, pivot_table, privacy_utility_table
+from mia_bench.report.aggregate import (
+    METRICS,
+    STRONGEST,
+    cell_keys,
+    collect,
+    failed_footer,
+    pivot_table,
+    privacy_utility_table,
+    versus_reference,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         table = privacy_utility_table(df, [a for a in args.attacks.split(",") if a], order) + footer
         pivot = pivot_table(df, args.metric, args.attack, order) + footer
         written = [out / "summary.csv", out / "privacy_utility.md", out / "pivot.md"]
-        summary = pd.concat([df.assign(status="ok"), pd.DataFrame(df.attrs.get("failed") or [])], ignore_index=True)
+        keys = [*cell_keys(df), "attack"]
+        runs = df.merge(versus_reference(df), on=keys, how="left") if "none" in set(df["defense"].astype(str)) else df
+        summary = pd.concat([runs.assign(status="ok"), pd.DataFrame(df.attrs.get("failed") or [])], ignore_index=True)
         atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
         atomic_write_text(out / "privacy_utility.md", table)
         atomic_write_text(out / "pivot.md", pivot)

@@ -189,7 +189,7 @@ def privacy_utility_table(
     attacks: Sequence[str] = ("loss", "lira_online", "rmia"),
     order: Sequence[str] | None = None,
     reference: str = "none",
-    z: float = 2.0,
+    alpha: float = 0.05,
 ) -> str:
     """Markdown: one row per (dataset, model, defense); test accuracy, then AUC and TPR at 1% FPR of each attack,
     mean ± std over target models; whether each attack's AUC is below the ``reference`` (undefended) cell's; and
@@ -231,7 +231,7 @@ def privacy_utility_table(
             marks = []
             for a in attacks:
                 r, b = by_attack.get(a), baseline.get((*context(first), a))
-                marks.append("–" if r is None or b is None else compare_to_reference(r, b, "auc", z))
+                marks.append("–" if r is None or b is None else compare_to_reference(r, b, "auc", alpha))
             cells.append(" ".join(marks))
         if eps:
             bounds = g["eps_lower_bound"].dropna()
@@ -240,9 +240,10 @@ def privacy_utility_table(
         cells.append(", ".join(f"{k} {_short(v)}" for k, v in extra.items()) or "")
         lines.append("| " + " | ".join(cells) + " |")
     legend = (
-        f"\n*AUC vs {reference}*: per attack ({', '.join(attacks)}), the defense's AUC is lower (↓), higher (↑) "
-        f"or within {z:g} standard errors (=) of the undefended cell's; standard errors from the std over target "
-        "models. ↓ everywhere means the defense reduces the leak these attacks measure; = or ↑ means it does not.\n"
+        f"\n*AUC vs {reference}*: per attack ({', '.join(attacks)}), the defense's AUC is lower (↓) or higher (↑) "
+        f"than the undefended cell's by Welch's t-test over the target models (p < {alpha:g}), or not "
+        "distinguishable (=); the p-values are in summary.csv (`auc_vs_none_p`). ↓ everywhere means the defense "
+        "reduces the leak these attacks measure; = or ↑ means it does not.\n"
     )
     if eps:
         legend += ("*ε ≥*: the largest empirical epsilon lower bound over the cell's attacks, at the run's delta (95% "
@@ -254,26 +255,48 @@ def privacy_utility_table(
     return "\n".join(lines) + "\n" + legend
 
 
-def compare_to_reference(row: pd.Series, ref: pd.Series, metric: str = "auc", z: float = 2.0) -> str:
-    """``↓``, ``↑`` or ``=``: is ``row``'s mean metric below, above, or within ``z`` standard errors of ``ref``'s?
+def welch(row: pd.Series, ref: pd.Series, metric: str = "auc") -> tuple[float, float]:
+    """``(difference, p)``: ``row``'s mean metric minus ``ref``'s, and the two-sided p-value of Welch's t-test
+    (``scipy.stats.ttest_ind_from_stats``, unequal variances) from each cell's mean, std and number of target models
+    (the two cells' targets are different trained models). p is NaN when a cell has a single target; with no
+    spread in either cell a difference is certain (p = 0) and equality is not (p = 1)."""
+    from scipy.stats import ttest_ind_from_stats
 
-    The standard error of the difference is ``sqrt(s1^2/n1 + s2^2/n2)`` from each cell's std over its ``n_targets``
-    target models (a Welch-style comparison: the two cells' targets are different trained models)."""
-    m1, s1, n1 = (
-        float(row.get(f"{metric}_mean")),
-        float(row.get(f"{metric}_std") or 0.0),
-        int(row.get("n_targets") or 1),
-    )
-    m2, s2, n2 = (
-        float(ref.get(f"{metric}_mean")),
-        float(ref.get(f"{metric}_std") or 0.0),
-        int(ref.get("n_targets") or 1),
-    )
-    se = math.sqrt(s1**2 / n1 + s2**2 / n2)
+    m1, m2 = float(row.get(f"{metric}_mean")), float(ref.get(f"{metric}_mean"))
+    s1, s2 = float(row.get(f"{metric}_std") or 0.0), float(ref.get(f"{metric}_std") or 0.0)
+    n1, n2 = int(row.get("n_targets") or 1), int(ref.get("n_targets") or 1)
     diff = m1 - m2
-    if se == 0.0:
-        return "=" if diff == 0.0 else ("↓" if diff < 0 else "↑")
-    return "↓" if diff < -z * se else "↑" if diff > z * se else "="
+    if n1 < 2 or n2 < 2 or math.isnan(s1) or math.isnan(s2):
+        return diff, float("nan")
+    if s1 == 0.0 and s2 == 0.0:
+        return diff, 1.0 if diff == 0.0 else 0.0
+    return diff, float(ttest_ind_from_stats(m1, s1, n1, m2, s2, n2, equal_var=False).pvalue)
+
+
+def compare_to_reference(row: pd.Series, ref: pd.Series, metric: str = "auc", alpha: float = 0.05) -> str:
+    """``↓``, ``↑`` or ``=``: is ``row``'s mean metric below or above ``ref``'s by Welch's test at level ``alpha``
+    (:func:`welch`), or not distinguishable from it?"""
+    diff, p = welch(row, ref, metric)
+    if math.isnan(p) or p >= alpha:
+        return "="
+    return "↓" if diff < 0 else "↑"
+
+
+def versus_reference(df: pd.DataFrame, reference: str = "none", metric: str = "auc") -> pd.DataFrame:
+    """Per cell and attack (:func:`aggregate`): ``<metric>_vs_<reference>_diff`` and ``_p`` (Welch) against the
+    ``reference`` cell with the same coordinates besides the defense; for summary.csv."""
+    cells = aggregate(df)
+    keys = cell_keys(cells)
+    context = ["dataset", "model", *shown_keys(df)]
+    ref = {tuple(str(r[k]) for k in (*context, "attack")): r
+           for _, r in cells[cells["defense"].astype(str) == reference].iterrows()}
+    rows = []
+    for _, r in cells.iterrows():
+        b = ref.get(tuple(str(r[k]) for k in (*context, "attack")))
+        diff, p = welch(r, b, metric) if b is not None and str(r["defense"]) != reference else (np.nan, np.nan)
+        rows.append({**{k: r[k] for k in (*keys, "attack")}, f"{metric}_vs_{reference}_diff": diff,
+                     f"{metric}_vs_{reference}_p": p})
+    return pd.DataFrame(rows)
 
 
 def _short(v: float) -> str:
