@@ -1,3 +1,24 @@
-"""mia_bench: how much does a trained model leak about its training records, and what does a defense cost?"""
+"""mia_bench: how much does a trained model leak about its training records, and what does a defense cost?
+
+The Python API (``mia_bench.score``, ``mia_bench.run``, ``mia_bench.load_run``; see ``mia_bench.api``) is imported
+on first use, so ``python -m mia_bench`` and shell completion do not pay for torch before they need it.
+"""
 
 __version__ = "0.1.0"
+__all__ = ["score", "run", "load_run", "RunResults", "Signals", "build_attack", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("score", "run", "load_run", "RunResults"):
+        from mia_bench import api
+
+        return getattr(api, name)
+    if name == "Signals":
+        from mia_bench.signals import Signals
+
+        return Signals
+    if name == "build_attack":
+        from mia_bench.config import build_attack
+
+        return build_attack
+    raise AttributeError(f"module 'mia_bench' has no attribute {name!r}")
