@@ -52,6 +52,8 @@ def test_report_collects_every_run_and_writes_the_table(tmp_path, capsys):
     assert table[2].startswith("| digits | mlp | none | 90.0 ± 1.0 | 0.600 ± 0.002 | 1.23 ± 0.40 | 0.610")
     assert table[3].split(" | ")[2] == "dpsgd" and table[3].endswith("| epsilon 3.21 |")
     assert "privacy_utility.md" in capsys.readouterr().out
+    tex = (sweep / "privacy_utility.tex").read_text()
+    assert tex.startswith(r"\begin{tabular}") and "0.600 $\\pm$ 0.002" in tex and (sweep / "pivot.tex").exists()
 
 
 def test_report_errors_name_the_problem(tmp_path, capsys):
@@ -318,3 +320,36 @@ def test_tables_flag_unresolved_tpr_and_show_the_epsilon_lower_bound(tmp_path):
     assert "ε ≥ (strongest)" in table[0]
     assert table[2].endswith("| (reference) | 1.50 |  |") and table[3].endswith("| 0.25 | epsilon 4 |")
     assert any(line.startswith("*ε ≥*") for line in table)
+
+
+def test_roc_legend_is_sorted_by_strength_names_figures_and_merges_coinciding_attacks(monkeypatch):
+    import mia_bench.report.outputs as outputs
+
+    figs = []
+    monkeypatch.setattr(outputs, "save_figure", lambda fig, path: figs.append(fig))
+    grid = np.logspace(-5, 0, 20)
+    tpr = np.where(grid < 1e-3, np.nan, grid ** 0.8)
+    rocs = {"loss": (grid, tpr), "confidence": (grid, tpr.copy()), "lira": (grid, np.where(grid < 1e-3, np.nan,
+                                                                                             grid ** 0.5))}
+    records = [{"attack": "loss", "auc_mean": 0.55, "tpr_at_fpr_0.01_mean": 0.02},
+               {"attack": "confidence", "auc_mean": 0.55, "tpr_at_fpr_0.01_mean": 0.02},
+               {"attack": "lira", "auc_mean": 0.61, "tpr_at_fpr_0.01_mean": 0.1}]
+    outputs.plot_roc(rocs, "unused.png", "t", records)
+    ax = figs[0].axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels[:2] == ["lira  AUC 0.610 · 10.0% @1%", "confidence = loss  AUC 0.550 · 2.0% @1%"]
+    first = grid[grid >= 1e-3][0]  # where the curves start: the resolution line
+    assert any(np.allclose(line.get_xdata(), first) for line in ax.get_lines())
+
+
+def test_latex_tables_hold_the_markdown_figures(tmp_path):
+    from mia_bench.report.latex import escape, markdown_to_latex
+
+    md = ("| dataset | defense | AUC | AUC vs none |\n|---|---|---|---|\n"
+          "| digits | none | 0.600 ± 0.002 | (reference) |\n| digits | dp_sgd | 0.512 ± 0.010 | ↓ |\n\n*note*: 5% ‡\n")
+    tex = markdown_to_latex(md).splitlines()
+    assert tex[:4] == [r"\begin{tabular}{llrr}", r"\toprule", r"dataset & defense & AUC & AUC vs none \\", r"\midrule"]
+    assert tex[4] == r"digits & none & 0.600 $\pm$ 0.002 & (reference) \\"
+    assert tex[5] == r"digits & dp\_sgd & 0.512 $\pm$ 0.010 & $\downarrow$ \\"
+    assert tex[6:8] == [r"\bottomrule", r"\end{tabular}"] and r"\emph{note}: 5\% \ddag{}" in tex[-1]
+    assert escape("`a_b` ε ≥ 1 & #") == r"\texttt{a\_b} $\varepsilon$ $\geq$ 1 \& \#"

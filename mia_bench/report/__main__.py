@@ -5,6 +5,7 @@ directory, or to ``--out``) into
   difference to the undefended cell and its Welch p-value (``auc_vs_none_diff``, ``auc_vs_none_p``);
 - ``privacy_utility.md``: one row per dataset / model / defense, AUC and TPR@1%FPR of some attacks;
 - ``pivot.md``: rows dataset x model, columns defense, cells ``metric [interval] · test accuracy``;
+- ``privacy_utility.tex``, ``pivot.tex``: the same two tables for LaTeX (booktabs);
 - ``privacy_utility.png``: test accuracy against the attack metric (or epsilon), a point per run;
 - ``roc_<dataset>.png``: per dataset, the ROC curve of each defense overlaid (log-log).
 """
@@ -29,6 +30,7 @@ from mia_bench.report.aggregate import (
     privacy_utility_table,
     versus_reference,
 )
+from mia_bench.report.latex import markdown_to_latex
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
         atomic_write_text(out / "privacy_utility.md", table)
         atomic_write_text(out / "pivot.md", pivot)
+        atomic_write_text(out / "privacy_utility.tex", markdown_to_latex(table))
+        atomic_write_text(out / "pivot.tex", markdown_to_latex(pivot))
+        written += [out / "privacy_utility.tex", out / "pivot.tex"]
         if not args.no_plots:
             from mia_bench.report.plots import privacy_utility_scatter, roc_overlays
 

@@ -52,13 +52,22 @@ def plot_roc(rocs: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, t
     by_name = {r["attack"]: r for r in records or []}
     key = "pooled_tpr_at_fpr_0.01" if pooled else "tpr_at_fpr_0.01_mean"
     names = sorted(rocs, key=lambda a: (-by_name.get(a, {}).get(key, 0.0), a))
+    groups: list[list[str]] = []  # attacks whose curves coincide are drawn once and named together
+    for name in names:
+        same = next((g for g in groups if np.allclose(rocs[g[0]][1], rocs[name][1], equal_nan=True, atol=1e-12)
+                     and np.array_equal(rocs[g[0]][0], rocs[name][0])), None)
+        if same is None:
+            groups.append([name])
+        else:
+            same.append(name)
     fig, ax = plt.subplots(figsize=(6, 5.5))
-    colors = plt.cm.tab20(np.linspace(0, 1, 20))
+    colors = plt.cm.tab10.colors
+    styles = ("-", "--", "-.", ":")
     resolution = None
-    for i, name in enumerate(names):
-        fpr, tpr = rocs[name]
-        ax.plot(fpr, tpr, label=_legend(name, by_name.get(name), pooled), lw=1.4,
-                color=colors[(2 * i) % 20 + (i // 10) % 2])
+    for i, group in enumerate(groups):
+        fpr, tpr = rocs[group[0]]
+        label = _legend(" = ".join(group), by_name.get(group[0]), pooled)
+        ax.plot(fpr, tpr, label=label, lw=1.5, color=colors[i % 10], ls=styles[(i // 10) % len(styles)])
         ok = ~np.isnan(np.asarray(tpr, dtype=np.float64))
         if ok.any() and not ok.all():
             resolution = float(np.asarray(fpr)[ok][0])
