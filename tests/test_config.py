@@ -3,6 +3,7 @@ attack files (a new attack is its class and its YAML), composing from Python, an
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -182,3 +183,21 @@ def test_every_config_line_is_commented_and_short():
             if stripped and not stripped.startswith("#") and " #" not in line:
                 bare.append(f"{where}: {stripped}")
     assert long == [] and bare == []
+
+
+@pytest.mark.slow
+def test_hydra_job_chdir_does_not_move_the_cache_or_the_data(tmp_path):
+    """With hydra.job.chdir=true every run works inside its own folder; the cache (and data) must still be the one
+    where the command started, or each run would retrain everything in a private cache."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MIA_BENCH_CACHE", "MIA_BENCH_DATA")}
+    cmd = [sys.executable, "-m", "mia_bench", "hydra.job.chdir=true", "num_models=4", "train.epochs=2",
+           "evaluation.targets=2", "attack=loss", "evaluation.n_bootstrap=0", "logger=none",
+           "trainer.enable_progress_bar=false", "hydra.run.dir=run"]
+    done = subprocess.run(cmd, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "cache").is_dir() and not (tmp_path / "run" / "cache").exists()
+    assert (tmp_path / "run" / "metrics.json").exists()

@@ -28,6 +28,8 @@ def test_tiny_run_writes_every_output(compose_cfg, tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     assert sorted((tmp_path / "train_logs").iterdir())[0].name == "model_0"
     assert (tmp_path / "train_logs" / "model_3" / "metrics.csv").exists()
+    hparams = (tmp_path / "train_logs" / "model_3" / "hparams.yaml").read_text()  # the recipe, flat, per model
+    assert "train/epochs: 3" in hparams and "model/name: mlp" in hparams and "model_index: 3" in hparams
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(records))
     names = {r["attack"] for r in on_disk}

@@ -20,7 +20,7 @@ from torch import nn
 from mia_bench.cache.models import ModelCache
 from mia_bench.data.base import ArrayData
 from mia_bench.data.splits import Splits, model_seed
-from mia_bench.loggers import model_logger
+from mia_bench.loggers import flat_hparams, model_logger
 from mia_bench.training.ensemble import EnsembleLoader, EnsembleModule, RandomState, ensemble_obstacle
 from mia_bench.training.loader import TensorBatchLoader
 from mia_bench.training.module import ClassifierModule
@@ -45,6 +45,7 @@ class Recipe:
     logger: DictConfig | None = None  # one logger per model, or None
     predict: DictConfig | None = None  # the inference-time defense (defense.predict), or None
     seed: int = 0  # the run seed; model k trains with model_seed(seed, k)
+    hparams: dict = field(default_factory=dict)  # what each model's logger records as its hyper-parameters
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Recipe:
@@ -57,6 +58,9 @@ class Recipe:
             logger=cfg.get("logger"),
             predict=(cfg.get("defense") or {}).get("predict"),
             seed=int(cfg.seed),
+            hparams=flat_hparams({"model": cfg.model, "train": cfg.train, "dataset": cfg.dataset,
+                                  "defense": cfg.get("defense") or {}, "seed": int(cfg.seed),
+                                  "num_models": int(cfg.num_models)}),
         )
 
 
@@ -87,7 +91,7 @@ def member_callbacks(recipe: Recipe, k: int, callbacks_for: CallbackFactory | No
 
 def build_trainer(recipe: Recipe, k: int, extra: Sequence[pl.Callback] = ()) -> pl.Trainer:
     callbacks = member_callbacks(recipe, k) + list(extra)
-    return instantiate(recipe.trainer, logger=model_logger(recipe.logger, k), callbacks=callbacks)
+    return instantiate(recipe.trainer, logger=model_logger(recipe.logger, k, recipe.hparams), callbacks=callbacks)
 
 
 def build_predictor(recipe: Recipe, public: ArrayData | None, seed: int):
@@ -261,7 +265,7 @@ def fit_group(
         module.attach_data(splits.population.subset(member), splits.public)
         module.init_from_data()
         members.append(module)
-        loggers.append(model_logger(recipe.logger, k))
+        loggers.append(model_logger(recipe.logger, k, recipe.hparams))
         callbacks.append(member_callbacks(recipe, k, callbacks_for))
     log.info("training models %s together on %d records each", list(ks), int(masks[ks[0]].sum()))
     # vmap on a GPU (one kernel launch for G models); on a CPU only for models without convolutions (see forward).
