@@ -5,7 +5,8 @@ on first use, so ``python -m mia_bench`` and shell completion do not pay for tor
 """
 
 __version__ = "0.1.0"
-__all__ = ["score", "run", "load_run", "RunResults", "Signals", "build_attack", "__version__"]
+__all__ = ["score", "run", "load_run", "RunResults", "Signals", "build_attack", "export_lira", "import_lira",
+           "__version__"]
 
 
 def __getattr__(name: str):
@@ -17,6 +18,10 @@ def __getattr__(name: str):
         from mia_bench.signals import Signals
 
         return Signals
+    if name in ("export_lira", "import_lira"):
+        from mia_bench import interop
+
+        return getattr(interop, name)
     if name == "build_attack":
         from mia_bench.config import build_attack
 
