@@ -6,7 +6,7 @@ on first use, so ``python -m mia_bench`` and shell completion do not pay for tor
 
 __version__ = "0.1.0"
 __all__ = ["score", "run", "load_run", "RunResults", "Signals", "build_attack", "export_lira", "import_lira",
-           "__version__"]
+           "export_privacy_meter", "import_privacy_meter", "__version__"]
 
 
 def __getattr__(name: str):
@@ -18,7 +18,7 @@ def __getattr__(name: str):
         from mia_bench.signals import Signals
 
         return Signals
-    if name in ("export_lira", "import_lira"):
+    if name in ("export_lira", "import_lira", "export_privacy_meter", "import_privacy_meter"):
         from mia_bench import interop
 
         return getattr(interop, name)

@@ -40,3 +40,24 @@ def test_lira_import_names_what_is_missing(tmp_path):
         import_lira(root)
     with pytest.raises(ValueError, match="for epoch 7"):
         import_lira(export_lira(make_synthetic_signals(4, 30, 1, 3), tmp_path / "f"), epoch=7)
+
+
+def test_privacy_meter_export_round_trips_the_true_label_probability_and_its_attacks(tmp_path):
+    from mia_bench.config import build_attack
+    from mia_bench.interop import export_privacy_meter, import_privacy_meter
+
+    sig = make_synthetic_signals(6, 200, 1, 10, leak=2.0, seed=5, dtype=np.float64)
+    root = export_privacy_meter(sig, tmp_path / "pm")
+    mem = np.load(root / "models" / "memberships.npy")
+    p = np.load(root / "signals" / "rmia_signals.npy")
+    assert mem.shape == (6, 200) and mem.dtype == bool and p.shape == (200, 6) and p.dtype == np.float32
+    back = import_privacy_meter(root)
+    np.testing.assert_array_equal(back.masks, sig.masks)
+    np.testing.assert_allclose(np.exp(back.true_log_prob[:, :, 0]), np.exp(sig.true_log_prob[:, :, 0]), rtol=1e-6)
+    ref = np.array([2, 3, 4, 5])
+    for name in ("loss", "lira_online", "rmia"):  # attacks that read only the true-label probability agree
+        a, b = build_attack(name).score(sig, 0, ref), build_attack(name).score(back, 0, ref)
+        assert np.corrcoef(a, b)[0, 1] > 0.9999, name
+    (root / "signals" / "rmia_signals.npy").unlink()
+    with pytest.raises(ValueError, match="rmia_signals.npy"):
+        import_privacy_meter(root)
