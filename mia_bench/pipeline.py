@@ -34,6 +34,7 @@ from mia_bench.data.base import ArrayData, RawDataset, check_finite
 from mia_bench.data.splits import Splits, make_splits, membership
 from mia_bench.loggers import logger_kind
 from mia_bench.metrics import default_delta
+from mia_bench.models.adapter import BUILDER, model_name
 from mia_bench.report.exposed import most_exposed, write_exposed
 from mia_bench.report.outputs import log_to_wandb, plot_roc, print_table, save_roc_curves, save_scores
 from mia_bench.signals import Signals
@@ -199,7 +200,8 @@ def cell_context(cfg: DictConfig, choices: dict, dataset: str, num_queries: int,
     """What every metrics record of the cell carries besides the attack's own figures."""
     return {
         "dataset": choices.get("dataset", dataset),
-        "model": choices.get("model", str(cfg.model.get("name", ""))),
+        "model": model_name(cfg.model) if str(cfg.model.get("_target_")) != BUILDER else choices.get(
+            "model", model_name(cfg.model)),
         "defense": choices.get("defense", str(cfg.defense.get("name", ""))),
         "num_models": int(cfg.num_models),
         "num_queries": num_queries,

@@ -21,6 +21,7 @@ from mia_bench.cache.models import ModelCache
 from mia_bench.data.base import ArrayData
 from mia_bench.data.splits import Splits, model_seed
 from mia_bench.loggers import flat_hparams, model_logger
+from mia_bench.models.adapter import build_model
 from mia_bench.training.ensemble import EnsembleLoader, EnsembleModule, RandomState, ensemble_obstacle
 from mia_bench.training.loader import TensorBatchLoader
 from mia_bench.training.module import ClassifierModule
@@ -74,7 +75,7 @@ class TrainedModel:
 
 
 def build_module(recipe: Recipe, splits: Splits) -> ClassifierModule:
-    model = instantiate(recipe.model, input_shape=list(splits.input_shape), num_classes=splits.num_classes)
+    model = build_model(recipe.model, splits.input_shape, splits.num_classes)
     return instantiate(
         recipe.train.module,
         model=model,
