@@ -36,7 +36,14 @@ from mia_bench.loggers import logger_kind
 from mia_bench.metrics import default_delta
 from mia_bench.models.adapter import BUILDER, model_name
 from mia_bench.report.exposed import most_exposed, write_exposed
-from mia_bench.report.outputs import log_to_wandb, plot_roc, print_table, save_roc_curves, save_scores
+from mia_bench.report.outputs import (
+    log_to_tensorboard,
+    log_to_wandb,
+    plot_roc,
+    print_table,
+    save_roc_curves,
+    save_scores,
+)
 from mia_bench.signals import Signals
 from mia_bench.training.query import accuracy, collect_logits
 from mia_bench.training.train import Recipe, TrainedModel, shard_indices, train_models
@@ -182,7 +189,8 @@ def run_cell(cfg: DictConfig, choices: dict[str, str], state: RunState, out: Pat
         context["warnings"] = "; ".join(notes)
     records = [{**context, **rec} for rec in result.records]
     state.stage = "writing the outputs"
-    write_outputs(out, records, result, audit, choices, wandb=logger_kind(cfg.get("logger")) == "wandb")
+    kind = logger_kind(cfg.get("logger"))
+    write_outputs(out, records, result, audit, choices, wandb=kind == "wandb", tensorboard=kind == "tensorboard")
     log.info("wrote %s (%.1fs total)", out, time.perf_counter() - t_start)
     return records
 
@@ -215,7 +223,7 @@ def cell_context(cfg: DictConfig, choices: dict, dataset: str, num_queries: int,
 
 
 def write_outputs(out: Path, records: list[dict], result: EvaluationResult, audit: ArrayData, choices: dict,
-                  wandb: bool) -> None:
+                  wandb: bool, tensorboard: bool = False) -> None:
     """metrics.json, per_target.json, scores.npz, the ROC curves and plots, the most exposed records, the console
     table, and the W&B summary when logging there (docs/outputs.md describes every file)."""
     write_json(out / "metrics.json", records)
@@ -230,8 +238,10 @@ def write_outputs(out: Path, records: list[dict], result: EvaluationResult, audi
     exposed = most_exposed(result, records)
     write_exposed(exposed, audit, out, title)
     print_table(records)
+    if tensorboard:
+        log_to_tensorboard(records, out, choices)
     if wandb:
-        log_to_wandb(records, out, choices)
+        log_to_wandb(records, out, choices, result.rocs)
 
 
 def run_delta(setting: str | float, utility: dict, train_masks: np.ndarray) -> float:

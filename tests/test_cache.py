@@ -528,3 +528,23 @@ def test_cli_module_runs_on_the_default_dir_from_the_environment(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert "k123" in res.stdout and str(tmp_path / "cache") in res.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["ensemble", "sequential"])
+def test_a_cached_rerun_replays_every_models_training_curves_into_the_logger(compose_cfg, tmp_path, engine, caplog):
+    """The cache keeps each model's curves: a rerun that trains nothing writes the same metrics.csv per model."""
+    import logging
+
+    from mia_bench.pipeline import run
+
+    overrides = [*FAST, "attack=loss", "logger=csv", f"train.engine={engine}"]
+    run(compose_cfg(overrides, tmp_path / "first"))
+    with caplog.at_level(logging.INFO, logger="mia_bench.training.train"):
+        second = run(compose_cfg(overrides, tmp_path / "second"))
+    assert second[0]["models_from_cache"] == 4
+    assert "training curves of 4 cached model(s) replayed into the csv logger" in caplog.text
+    for k in range(4):
+        first_csv = (tmp_path / "first" / "train_logs" / f"model_{k}" / "metrics.csv").read_text()
+        again = (tmp_path / "second" / "train_logs" / f"model_{k}" / "metrics.csv").read_text()
+        assert again == first_csv and "train/loss" in first_csv.splitlines()[0]

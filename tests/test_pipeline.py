@@ -237,3 +237,19 @@ def test_multirun_writes_one_folder_per_job(tmp_path):
     datasets = sorted(json.loads(p.read_text())[0]["dataset"] for p in jobs)
     assert datasets == ["digits", "synthetic"]
     assert [p.parent.name.split("_", 1)[0] for p in jobs] == ["0", "1"]
+
+
+def test_tensorboard_gets_attack_metrics_hparams_and_figures(compose_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    records = run(compose_cfg([*TINY, "attack=[loss,rmia]", "logger=tensorboard"]),
+                  {"dataset": "digits", "defense": "none", "attack": "[loss,rmia]"})
+    acc = EventAccumulator(str(tmp_path / "tensorboard" / "attacks"), size_guidance={"tensors": 0}).Reload()
+    tags = acc.Tags()
+    assert {"loss/auc_mean", "rmia/tpr_at_fpr_0.01_mean", "rmia/eps_lower_bound"} <= set(tags["scalars"])
+    assert acc.Scalars("rmia/auc_mean")[0].value == pytest.approx(records[1]["auc_mean"], rel=1e-6)
+    assert {"roc", "roc_pooled", "exposed_records"} <= set(tags["images"])
+    plugins = acc.PluginTagToContent("hparams")  # the HPARAMS tab: the choices and the main figures
+    assert "_hparams_/session_start_info" in plugins
+    model_events = EventAccumulator(str(tmp_path / "tensorboard" / "model_1")).Reload()
+    assert "train/loss" in model_events.Tags()["scalars"]

@@ -50,6 +50,11 @@ def read_offline_run(path: Path) -> tuple[dict, dict]:
             }
         elif which == "summary":
             summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.summary.update})
+        elif which == "artifact":  # kept with the run's fields: name, type and the paths in its manifest
+            run.setdefault("artifacts", []).append(
+                {"name": rec.artifact.name, "type": rec.artifact.type,
+                 "files": [c.path for c in rec.artifact.manifest.contents],
+                 "refs": [c.ref for c in rec.artifact.manifest.contents if c.ref]})
     return run, summary
 
 
@@ -111,3 +116,28 @@ def test_offline_run_carries_group_tags_config_metrics_table_and_roc(compose_cfg
     assert second.id != started.id
     finish_failed()
     assert wandb.run is None
+
+
+@pytest.mark.slow
+def test_a_cached_rerun_still_gives_wandb_every_models_curves(compose_cfg, tmp_path, monkeypatch):
+    """Models from the cache bring their training curves: the rerun's offline run holds model<k>-train/loss too, and
+    the new figures (pooled ROC, most exposed records) as images."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    choices = {"dataset": "digits", "model": "mlp", "defense": "none", "attack": "loss"}
+    for name in ("first", "again"):
+        out = tmp_path / name
+        monkeypatch.setenv("WANDB_DIR", str(tmp_path / f"wandb_{name}"))
+        cfg = compose_cfg([*TINY, "logger=wandb", "attack=loss"], output_dir=out)
+        start_run(cfg, choices, _hydra_cfg(RunMode.RUN, out))
+        records = run(cfg, choices)
+    assert records[0]["models_from_cache"] == 4
+    (run_dir,) = (tmp_path / "again" / "wandb").glob("offline-run-*")
+    meta, summary = read_offline_run(next(run_dir.glob("run-*.wandb")))
+    assert {f"model{k}-train/loss" for k in range(4)} <= set(summary)
+    images = {p.name.split("_")[0] for p in run_dir.glob("files/media/images/*.png")}
+    assert {"roc", "pooled", "exposed"} <= images
+    assert list(run_dir.glob("files/media/table/roc_chart_table_*.table.json"))  # the interactive ROC's data
+    artifact = next(a for a in meta["artifacts"] if a["type"] == "mia_bench-cell")  # (W&B adds its own too)
+    assert {"metrics.json", "per_target.json", "scores.npz", "signals.npz"} <= set(artifact["files"])
+    assert artifact["refs"] == [f"file://{(tmp_path / 'again' / 'signals.npz').resolve()}"]  # by reference

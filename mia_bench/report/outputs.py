@@ -189,11 +189,14 @@ def print_table(records: list[dict], console: Console | None = None) -> None:
 UTILITY_KEYS = ("test_acc_mean", "test_acc_std", "train_acc_mean", "train_acc_std", "gen_gap", "train_seconds")
 
 
-def log_to_wandb(records: list[dict], out: Path, choices: dict[str, str]) -> None:
+def log_to_wandb(records: list[dict], out: Path, choices: dict[str, str],
+                 rocs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
     """Into the cell's W&B run (opened by ``python -m mia_bench`` with group, name, tags and config; opened here
     when none is): every figure as summary scalar ``<attack>/<metric>``, the cell's own figures (test accuracy,
-    epsilon, ...) also under their plain names (for plots across a sweep's runs), the whole table, the ROC plots
-    and the most exposed records; then finish the run."""
+    epsilon, ...) also under their plain names (for plots across a sweep's runs), the whole table, the ROC as an
+    interactive line chart (``roc_chart``: zoom, hover, overlay across runs) beside the ROC plots and the most
+    exposed records, and an artifact with metrics.json, per_target.json, scores.npz and a reference to
+    signals.npz; then finish the run."""
     import pandas as pd
     import wandb
 
@@ -211,5 +214,49 @@ def log_to_wandb(records: list[dict], out: Path, choices: dict[str, str]) -> Non
                     run.summary[key] = value
     images = {"roc": "roc.png", "pooled_roc": "roc_pooled.png", "exposed_records": "exposed_records.png"}
     logged = {key: wandb.Image(str(out / name)) for key, name in images.items() if (out / name).exists()}
+    if rocs:  # only the resolved part of each curve (NaN below the FPR resolution)
+        names = list(rocs)
+        ok = [~np.isnan(np.asarray(rocs[a][1], dtype=np.float64)) for a in names]
+        logged["roc_chart"] = wandb.plot.line_series(
+            xs=[np.asarray(rocs[a][0])[m].tolist() for a, m in zip(names, ok, strict=True)],
+            ys=[np.asarray(rocs[a][1])[m].tolist() for a, m in zip(names, ok, strict=True)],
+            keys=names, title="ROC (mean over targets)", xname="false positive rate")
     run.log({"metrics": wandb.Table(dataframe=pd.DataFrame(records)), **logged})
+    art = wandb.Artifact(f"cell-{run.id}", type="mia_bench-cell",
+                         description="metrics.json, per_target.json, scores.npz; signals.npz by reference")
+    for name in ("metrics.json", "per_target.json", "scores.npz", "config.yaml"):
+        if (out / name).exists():
+            art.add_file(str(out / name))
+    if (out / "signals.npz").exists():
+        art.add_reference(f"file://{(out / 'signals.npz').resolve()}", checksum=False)
+    run.log_artifact(art)
     run.finish()
+
+
+def log_to_tensorboard(records: list[dict], out: Path, choices: dict[str, str]) -> Path:
+    """The cell's attack figures into TensorBoard beside the models' curves (``<run>/tensorboard/attacks``): every
+    number of metrics.json as scalar ``<attack>/<metric>``, the Hydra choices and main figures in the HPARAMS tab
+    (to compare the cells of a sweep), and the ROC plots as images. Returns the event folder."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = Path(out) / "tensorboard" / "attacks"
+    writer = SummaryWriter(log_dir=str(folder))
+    try:
+        for rec in records:
+            for key, value in rec.items():
+                if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
+                    writer.add_scalar(f"{rec['attack']}/{key}", float(value), 0)
+        hparams = {k: str(v) for k, v in choices.items() if v is not None}
+        hparams.update({k: records[0][k] for k in ("num_models", "seed") if k in records[0]})
+        main = {f"hparam/{r['attack']}/{m}": float(r[m]) for r in records
+                for m in ("auc_mean", "tpr_at_fpr_0.01_mean", "eps_lower_bound") if m in r}
+        if "test_acc_mean" in records[0]:
+            main["hparam/test_acc_mean"] = float(records[0]["test_acc_mean"])
+        writer.add_hparams(hparams, main, run_name=".")
+        for name in ("roc", "roc_pooled", "exposed_records"):
+            png = Path(out) / f"{name}.png"
+            if png.exists():
+                writer.add_image(name, plt.imread(png)[..., :3], 0, dataformats="HWC")
+    finally:
+        writer.close()
+    return folder

@@ -197,8 +197,9 @@ class EnsembleModule(pl.LightningModule):
             m.check_epoch(mm, self.current_epoch)
         step = self.global_step
         for lg, metrics, m in zip(self.member_loggers, means, self.members, strict=True):
+            values = {k: float(v) for k, v in metrics.items()} | m.logged | {"epoch": self.current_epoch}
+            m.history.append({"step": step, **values})
             if lg:
-                values = {k: float(v) for k, v in metrics.items()} | m.logged | {"epoch": self.current_epoch}
                 lg.log_metrics(values, step=step)
                 lg.save()
         if means and means[0]:

@@ -77,6 +77,10 @@ class ClassifierModule(pl.LightningModule):
         # Arrays recorded during training that outlive it (e.g. per-epoch signals for +analysis=dynamics);
         # stored with the model in the cache, so a cached model brings them back.
         self.artifacts: dict[str, np.ndarray] = {}
+        # The training curves as logged, one row per epoch ({"epoch", "step", metric: value}); stored with the model
+        # in the cache, so a cached model's curves can be replayed into the run's logger.
+        self.history: list[dict[str, float]] = []
+        self._epoch_record: dict[str, float] = {}
         self._epoch_sums: dict[str, tuple[torch.Tensor, int]] = {}
 
     def attach_data(self, train: ArrayData, public: ArrayData | None) -> None:
@@ -146,6 +150,8 @@ class ClassifierModule(pl.LightningModule):
         if self.logged is not None:
             self.logged.update({k: float(v) for k, v in dictionary.items()})
             return
+        if self._trainer is not None and self._trainer.training:  # the epoch's row of the history (not validation)
+            self._epoch_record.update({k: float(v) for k, v in dictionary.items()})
         super().log_dict(dictionary, *args, **kwargs)
 
     def log_epoch_mean(self, metrics: dict[str, torch.Tensor], n: int) -> None:
@@ -160,6 +166,7 @@ class ClassifierModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._epoch_sums = {}
+        self._epoch_record = {}
 
     def epoch_means(self) -> dict[str, torch.Tensor]:
         """This epoch's record-weighted means of the logged training metrics."""
@@ -184,6 +191,8 @@ class ClassifierModule(pl.LightningModule):
         self.check_epoch(means, self.current_epoch)
         if means:
             self.log_dict(means, prog_bar=True)
+        # Lightning writes epoch-end metrics at the last batch's step (global_step - 1): the history keeps that step
+        self.history.append({"epoch": self.current_epoch, "step": max(self.global_step - 1, 0), **self._epoch_record})
         if not self.automatic_optimization:
             # Lightning steps schedulers only under automatic optimisation (SAM and advreg optimise by hand).
             scheduler = self.lr_schedulers()

@@ -20,7 +20,7 @@ from torch import nn
 from mia_bench.cache.models import ModelCache
 from mia_bench.data.base import ArrayData
 from mia_bench.data.splits import Splits, model_seed
-from mia_bench.loggers import flat_hparams, model_logger
+from mia_bench.loggers import flat_hparams, logger_kind, model_logger
 from mia_bench.models.adapter import build_model
 from mia_bench.training.ensemble import EnsembleLoader, EnsembleModule, RandomState, ensemble_obstacle
 from mia_bench.training.loader import TensorBatchLoader
@@ -167,15 +167,37 @@ def train_models(
     if cache is not None:
         fits = sum(not m.from_cache for m in done.values())
         log.info("models: %d from the cache, %d trained (cache %s)", len(done) - fits, fits, cache.store.root)
+        replay_curves(recipe, [done[k] for k in indices if done[k].from_cache])
     lightning_log.setLevel(logging.NOTSET)
     return [done[k] for k in indices]
+
+
+def replay_curves(recipe: Recipe, cached: list[TrainedModel]) -> None:
+    """The training curves of models that came from the cache, written into this run's logger as their training
+    wrote them (same metrics, same steps), so a rerun's CSV, TensorBoard and W&B show every model's curves; one
+    log line says so (and names models stored before curves were kept, which have none)."""
+    if not cached or logger_kind(recipe.logger) is None:
+        return
+    without = [m.index for m in cached if not m.module.history]
+    for m in cached:
+        if not m.module.history:
+            continue
+        lg = model_logger(recipe.logger, m.index, recipe.hparams)
+        for row in m.module.history:
+            values = {k: v for k, v in row.items() if k != "step"}
+            lg.log_metrics(values, step=int(row.get("step", 0)))
+        lg.save()
+        lg.finalize("success")
+    log.info("training curves of %d cached model(s) replayed into the %s logger from their original training%s",
+             len(cached) - len(without), logger_kind(recipe.logger),
+             f"; models {without} were stored without curves" if without else "")
 
 
 def store_model(cache: ModelCache, m: TrainedModel, seed: int) -> None:
     """Model ``m`` into the cache with what loading it needs besides its weights."""
     module = m.module
     meta = {"seed": seed, "seconds": m.seconds, "defense_info": dict(module.defense_info),
-            "train_mode": module.training, "train_loss": module.final_train_loss}
+            "train_mode": module.training, "train_loss": module.final_train_loss, "history": module.history}
     cache.save_model(m.key, m.index, module.state_dict(), module.artifacts, meta)
 
 
@@ -334,6 +356,7 @@ def load_cached_model(
     module.defense_info = {name: float(v) for name, v in (meta.get("defense_info") or {}).items()}
     module.index, module.final_train_loss = k, float(meta.get("train_loss", math.nan))
     module.artifacts = dict(artifacts)
+    module.history = list(meta.get("history") or [])
     module.train(bool(meta.get("train_mode", False)))
     module.to(resolve_device(recipe.trainer))
     module.attach_data(None, splits.public)  # as after training: own records dropped, public split kept
