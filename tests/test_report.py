@@ -353,3 +353,15 @@ def test_latex_tables_hold_the_markdown_figures(tmp_path):
     assert tex[5] == r"digits & dp\_sgd & 0.512 $\pm$ 0.010 & $\downarrow$ \\"
     assert tex[6:8] == [r"\bottomrule", r"\end{tabular}"] and r"\emph{note}: 5\% \ddag{}" in tex[-1]
     assert escape("`a_b` ε ≥ 1 & #") == r"\texttt{a\_b} $\varepsilon$ $\geq$ 1 \& \#"
+
+
+def test_report_logs_its_tables_and_charts_to_wandb(sweep, monkeypatch, tmp_path):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    assert main([str(sweep), "--wandb", "--order", "none"]) == 0
+    (run_dir,) = (tmp_path / "wb" / "wandb").glob("offline-run-*")
+    media = {p.name.rsplit("_", 2)[0] for p in run_dir.glob("files/media/table/*.table.json")}
+    assert {"summary", "privacy_utility_chart_table"} <= media  # the table and the scatter's own points
+    assert list(run_dir.glob("files/media/images/privacy_utility_*.png"))

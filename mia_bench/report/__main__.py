@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         help="x axis of privacy_utility.png: the attack metric (default) or the DP budget epsilon",
     )
     parser.add_argument("--no-plots", action="store_true", help="tables only (no PNG files)")
+    parser.add_argument(
+        "--wandb", nargs="?", const="mia_bench", default=None, metavar="PROJECT",
+        help="also log the report to W&B (project PROJECT, default mia_bench; WANDB_MODE=offline works): the summary "
+        "as a table, the privacy-utility chart (a scatter you can hover) and every PNG, in a run of job type report")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     order = [d for d in args.order.split(",") if d]
@@ -90,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
             privacy_utility_scatter(df, out / "privacy_utility.png", args.metric, args.attack, args.x, order)
             written += [out / "privacy_utility.png", *roc_overlays(df, out, args.metric, args.attack, order)]
+        if args.wandb:
+            log_report_to_wandb(args.wandb, out, summary, [p for p in written if p.suffix == ".png"], args.metric)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -97,6 +103,23 @@ def main(argv: list[str] | None = None) -> int:
     print(pivot)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def log_report_to_wandb(project: str, out: Path, summary: pd.DataFrame, pngs: list[Path], metric: str) -> None:
+    """One W&B run (job type ``report``, named after the report folder) with the summary table, an interactive
+    privacy-utility scatter (test accuracy against ``metric`` of every run x attack) and the report's figures."""
+    import wandb
+
+    run = wandb.init(project=project, job_type="report", name=out.resolve().name, config={"report_dir": str(out)})
+    table = wandb.Table(dataframe=summary.astype({c: str for c in summary.columns if summary[c].dtype == object}))
+    logged = {"summary": table, **{p.stem: wandb.Image(str(p)) for p in pngs}}
+    x, y = f"{metric}_mean", "test_acc_mean"
+    if {x, y} <= set(summary.columns):
+        cols = [c for c in ("dataset", "model", "defense", "attack", x, y, "run_dir") if c in summary.columns]
+        points = wandb.Table(dataframe=summary.loc[summary[x].notna(), cols].astype({"run_dir": str}))
+        logged["privacy_utility_chart"] = wandb.plot.scatter(points, x, y, title=f"test accuracy vs {metric}")
+    run.log(logged)
+    run.finish()
 
 
 if __name__ == "__main__":
