@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from mia_bench.atomic import WriteError
 from mia_bench.cache.store import ShardNotStored
 from mia_bench.config import CONFIG_DIR, CONFIG_NAME, normalize_overrides
-from mia_bench.data.base import DatasetUnavailableError
+from mia_bench.errors import DatasetUnavailableError
 from mia_bench.gpu_pool import job_device
 
 #: Errors that are the user's to fix (a bad option, missing data): one message, exit status 2, no traceback.
@@ -96,6 +96,30 @@ def _propagate_lightning_logs() -> None:
         for h in list(lg.handlers):
             lg.removeHandler(h)
         lg.propagate = True
+
+
+def _console_filter(record: logging.LogRecord) -> bool:
+    """What the console leaves to the log file: Lightning's informational lines (accelerator, tips, "fit
+    stopped") and third-party warnings a user cannot act on (deprecations inside installed packages)."""
+    if record.name.startswith("lightning") and record.levelno < logging.WARNING:
+        return False
+    return not (record.name == "py.warnings" and "site-packages" in record.getMessage())
+
+
+def quiet_console(job_label: str | None = None) -> None:
+    """The console shows mia_bench's own progress and results; everything still goes to mia_bench.log. In a
+    multirun every console line carries its job (``[job 3]``), so parallel jobs' lines can be told apart."""
+    import lightning.pytorch  # noqa: F401  (imported here so that the handler its import installs is removed)
+
+    _propagate_lightning_logs()
+    logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger: the file always, the console filtered
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            if _console_filter not in handler.filters:
+                handler.addFilter(_console_filter)
+            if job_label:
+                handler.setFormatter(logging.Formatter(
+                    f"[%(asctime)s][{job_label}][%(name)s][%(levelname)s] - %(message)s"))
 
 
 def job_choices(cfg: DictConfig) -> dict[str, str]:
@@ -178,8 +202,8 @@ class JobFailed(Exception):
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    _propagate_lightning_logs()
     hydra_cfg = HydraConfig.get()
+    quiet_console(f"job {hydra_cfg.job.num}" if hydra_cfg.mode == RunMode.MULTIRUN else None)
     status = run_job(cfg, job_choices(cfg), hydra_cfg)
     if status == 2 and hydra_cfg.mode == RunMode.MULTIRUN:  # one bad cell must not stop the others
         raise JobFailed(f"job {hydra_cfg.job.num} failed (see {cfg.paths.output_dir}/failed.json)")

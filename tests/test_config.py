@@ -201,3 +201,29 @@ def test_hydra_job_chdir_does_not_move_the_cache_or_the_data(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "cache").is_dir() and not (tmp_path / "run" / "cache").exists()
     assert (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_the_command_line_entry_point_imports_without_torch():
+    """Shell completion and --help start without torch (about 1.5 s of imports)."""
+    import subprocess
+    import sys
+
+    code = "import sys, mia_bench.__main__; print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_console_leaves_lightning_chatter_and_third_party_warnings_to_the_log_file():
+    import logging
+
+    from mia_bench.__main__ import _console_filter
+
+    def record(name, level, msg):
+        return logging.LogRecord(name, level, __file__, 1, msg, None, None)
+
+    assert not _console_filter(record("lightning.pytorch.utilities.rank_zero", logging.INFO, "GPU available: False"))
+    assert _console_filter(record("lightning.pytorch", logging.WARNING, "a real problem"))
+    assert not _console_filter(record("py.warnings", logging.WARNING, "/x/site-packages/lightning/a.py:1: deprecated"))
+    assert _console_filter(record("py.warnings", logging.WARNING, "/work/mine.py:3: UserWarning: check this"))
+    assert _console_filter(record("mia_bench.pipeline", logging.INFO, "wrote outputs"))

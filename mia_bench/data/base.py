@@ -14,13 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-
-class DatasetUnavailableError(RuntimeError):
-    """Raised when a dataset is not on disk and cannot be downloaded (e.g. no network).
-
-    The message names the dataset, the directory that was searched, the files expected there, and how to
-    obtain them, so the user never has to read a stack trace.
-    """
+from mia_bench.errors import DatasetUnavailableError  # noqa: F401  (where loaders and tests import it from)
 
 
 @dataclass
