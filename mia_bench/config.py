@@ -106,25 +106,13 @@ def short_dirname(overrides: str, limit: int = DIRNAME_LIMIT) -> str:
     return f"{text[: limit - 9]}~{hashlib.sha1(overrides.encode()).hexdigest()[:8]}"
 
 
-def anchored(path: str) -> str:
-    """``path`` made absolute against the directory the command was started in (Hydra's ``runtime.cwd`` inside a
-    Hydra app, else the current directory), so ``hydra.job.chdir=true`` does not move the cache or the data into
-    each run's folder."""
-    p = Path(os.path.expanduser(str(path)))
-    if p.is_absolute():
-        return str(p)
-    from hydra.core.hydra_config import HydraConfig
-
-    base = HydraConfig.get().runtime.cwd if HydraConfig.initialized() else os.getcwd()
-    return str(Path(base) / p)
-
-
 def register_resolvers() -> None:
     """The resolvers the config tree uses: ``${mia_bench.gpu_count:}``, ``${mia_bench.gpu_jobs:<per GPU>}`` (the
     ``gpus`` launcher), ``${mia_bench.pid:}`` (run folders: two runs started in the same second get distinct ones),
     ``${mia_bench.dirname:<overrides>}`` (multirun job folders) and ``${mia_bench.anchor:<path>}`` (data and cache
     paths relative to where the command was started)."""
     from mia_bench.gpu_pool import gpu_count, jobs_per_gpu
+    from mia_bench.paths import anchored
 
     resolvers = {
         "mia_bench.gpu_count": gpu_count,

@@ -21,7 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mia_bench import __version__
+from mia_bench import __version__, progress
 from mia_bench.analyses import Analysis, RunInfo, build_analyses
 from mia_bench.atomic import atomic_write_text, atomic_writer, make_dir, write_json
 from mia_bench.attacks.base import Attack
@@ -92,7 +92,8 @@ def _ranges(ks: list[int]) -> str:
 def run(cfg: DictConfig, choices: dict[str, str] | None = None, state: RunState | None = None) -> list[dict]:
     """Run one cell and write its outputs to ``cfg.paths.output_dir``; returns the metrics records. ``state``
     follows the run (its stage and cache), for the command line's message when it is interrupted."""
-    with claim_output_dir(make_dir(cfg.paths.output_dir)) as out:
+    with claim_output_dir(make_dir(cfg.paths.output_dir)) as out, progress.cell_progress(
+            int(cfg.num_models), len(cfg.get("attack") or {}), bool(cfg.get("progress", True))):
         return run_cell(cfg, dict(choices or {}), state if state is not None else RunState(), out)
 
 
@@ -254,6 +255,11 @@ def run_delta(setting: str | float, utility: dict, train_masks: np.ndarray) -> f
     return default_delta(int(round(float(train_masks.sum(1).mean()))))
 
 
+def _queried(logits: np.ndarray) -> np.ndarray:
+    progress.advance("signals")
+    return logits
+
+
 def load_data(dataset: DictConfig, seed: int) -> tuple[RawDataset, Splits]:
     """The dataset as loaded, and its population / test / public splits as the ``dataset`` node asks."""
     raw = instantiate(dataset.loader)
@@ -296,7 +302,7 @@ def query_models(
     if hit is not None:
         log.info("signals and utility of the %d models loaded from the cache", len(trained))
         return hit
-    logits = np.stack([collect_logits(m.module.predict_logits, audit.x, queries, node.batch_size, dtype)
+    logits = np.stack([_queried(collect_logits(m.module.predict_logits, audit.x, queries, node.batch_size, dtype))
                        for m in trained])
     signals = Signals(logits=logits, labels=audit.y.numpy(), masks=audit_masks)
     test_acc, train_acc = model_accuracies(trained, splits, train_masks, node.batch_size)

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mia_bench import progress
 from mia_bench.attacks.base import Attack
 from mia_bench.metrics import (
     accuracy_at_threshold,
@@ -321,6 +322,7 @@ def evaluate(signals: Signals, attacks: Mapping[str, Attack], targets: Sequence[
         records.append(rec)
         all_scores[name] = score_t
         rocs[name], pooled[name] = curves["mean"], curves["pooled"]
+        progress.advance("attacks")
         log.info("%s: AUC %.4f, TPR@0.1%%FPR %.4f, attack acc %.4f, eps >= %.2f (%.2fs)", name, rec["auc_mean"],
                  rec["tpr_at_fpr_0.001_mean"], rec["attack_accuracy_mean"], rec["eps_lower_bound"], rec["seconds"])
     return EvaluationResult(records=records, scores=all_scores, labels=labels, rocs=rocs, per_target=per_target,

@@ -179,6 +179,6 @@ def open_cache(node: DictConfig | dict | None, recipe: dict, **splits: Any) -> M
     directory = node.get("dir")
     if not directory:
         raise ValueError(f"cache.dir={directory!r}: expected a folder path (or cache.enabled=false)")
-    from mia_bench.config import anchored  # a relative cache.dir=... override stays where the command started
+    from mia_bench.paths import anchored  # a relative cache.dir=... override stays where the command started
 
     return ModelCache(EntryStore(anchored(directory)), recipe, data_fingerprint(**splits), node.get("signals", True))

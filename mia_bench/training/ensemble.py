@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from mia_bench import progress
 from mia_bench.training.loader import TensorBatchLoader
 from mia_bench.training.module import ClassifierModule
 
@@ -204,6 +205,8 @@ class EnsembleModule(pl.LightningModule):
                 lg.save()
         if means and means[0]:
             self.log_dict({k: torch.stack([mm[k] for mm in means]).mean() for k in means[0]}, prog_bar=True)
+        ids = [getattr(m, "index", "?") for m in self.members]
+        progress.epoch(self.current_epoch + 1, self.trainer.max_epochs, f"models {ids[0]}-{ids[-1]}")
 
     def on_train_end(self) -> None:
         self._member_hook("on_train_end")

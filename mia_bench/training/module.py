@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mia_bench import progress
 from mia_bench.augment import random_crop_flip
 from mia_bench.data.base import ArrayData
 from mia_bench.training.loader import TensorBatchLoader
@@ -193,6 +194,7 @@ class ClassifierModule(pl.LightningModule):
             self.log_dict(means, prog_bar=True)
         # Lightning writes epoch-end metrics at the last batch's step (global_step - 1): the history keeps that step
         self.history.append({"epoch": self.current_epoch, "step": max(self.global_step - 1, 0), **self._epoch_record})
+        progress.epoch(self.current_epoch + 1, self.trainer.max_epochs, f"model {getattr(self, 'index', '?')}")
         if not self.automatic_optimization:
             # Lightning steps schedulers only under automatic optimisation (SAM and advreg optimise by hand).
             scheduler = self.lr_schedulers()

@@ -17,6 +17,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, ListConfig
 from torch import nn
 
+from mia_bench import progress
 from mia_bench.cache.models import ModelCache
 from mia_bench.data.base import ArrayData
 from mia_bench.data.splits import Splits, model_seed
@@ -126,6 +127,7 @@ def train_models(
         for k in indices:
             if (m := load_cached_model(recipe, splits, cache, keys[k], k, model_seed(recipe.seed, k))) is not None:
                 done[k] = m
+                progress.advance("models")
     missing = [k for k in indices if k not in done]
     lightning_log = logging.getLogger("lightning.pytorch")
     if missing and choose_engine(recipe, splits, callbacks_for, len(missing)) == "ensemble":
@@ -135,6 +137,7 @@ def train_models(
                 mine = [k for k in group if k in claimed]
                 for m in fit_group(recipe, splits, masks, mine, keys, callbacks_for):
                     done[m.index] = m
+                    progress.advance("models")
                     if cache is not None:
                         store_model(cache, m, model_seed(recipe.seed, m.index))
             lightning_log.setLevel(logging.WARNING)  # Lightning's banner ("GPU available ...") once
@@ -146,6 +149,7 @@ def train_models(
         seed, key = model_seed(recipe.seed, k), keys.get(k)
         loaded = load_cached_model(recipe, splits, cache, key, k, seed) if cache is not None else None
         if loaded is not None:
+            progress.advance("models")
             return loaded
         if fitted == 1:  # Lightning's banner ("GPU available ...") once, not K times
             lightning_log.setLevel(logging.WARNING)
@@ -155,6 +159,7 @@ def train_models(
         module, seconds = fit_model(recipe, splits, masks[k], seed, k, extra)
         fitted += 1
         trained = TrainedModel(k, module, seconds, from_cache=False, key=key)
+        progress.advance("models")
         if cache is not None:
             store_model(cache, trained, seed)
         return trained
