@@ -5,12 +5,12 @@ on first use, so ``python -m mia_bench`` and shell completion do not pay for tor
 """
 
 __version__ = "0.1.0"
-__all__ = ["score", "run", "load_run", "RunResults", "Signals", "build_attack", "export_lira", "import_lira",
-           "export_privacy_meter", "import_privacy_meter", "__version__"]
+__all__ = ["score", "run", "load_run", "RunResults", "audit", "AuditResult", "Signals", "build_attack",
+           "export_lira", "import_lira", "export_privacy_meter", "import_privacy_meter", "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("score", "run", "load_run", "RunResults"):
+    if name in ("score", "run", "load_run", "RunResults", "audit", "AuditResult"):
         from mia_bench import api
 
         return getattr(api, name)

@@ -25,7 +25,7 @@ from mia_bench.attacks.evaluate import EvaluationResult, evaluate
 from mia_bench.metrics import default_delta
 from mia_bench.signals import Signals
 
-__all__ = ["score", "run", "load_run", "RunResults"]
+__all__ = ["score", "run", "load_run", "RunResults", "audit", "AuditResult"]
 
 
 def _attacks(attacks: str | Attack | Iterable[str | Attack] | Mapping[str, Attack]) -> dict[str, Attack]:
@@ -88,6 +88,11 @@ def score(
                     n_bootstrap=n_bootstrap, confidence=confidence, seed=seed, ci_method=ci_method, delta=delta)
 
 
+def _default_output_dir(suffix: str = "") -> Path:
+    """``outputs/<date>/<time>_<pid><suffix>``, as the command line names a run's folder."""
+    return Path("outputs") / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}_{os.getpid()}{suffix}"
+
+
 def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> list[dict]:
     """Run one cell as ``python -m mia_bench <overrides>`` would (same config, cache and outputs) and return its
     metrics records. ``output_dir``: where its files go (default ``outputs/<date>/<time>_<pid>``, as the CLI)."""
@@ -95,7 +100,7 @@ def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> 
     from mia_bench.pipeline import run as run_cell
 
     if output_dir is None:
-        output_dir = Path("outputs") / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}_{os.getpid()}"
+        output_dir = _default_output_dir()
     overrides = [*overrides, f"paths.output_dir={Path(output_dir).absolute()}"]
     full = compose(overrides, return_hydra_config=True)
     choices = {k: (str(v) if v is not None else None) for k, v in full.hydra.runtime.choices.items()
@@ -146,3 +151,103 @@ def load_run(path: str | Path) -> RunResults:
     if (path / "config.yaml").exists():
         res.config = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"))
     return res
+
+
+@dataclass
+class AuditResult:
+    """What :func:`audit` found: ``scores`` (attack -> ``[N]`` scores of the target on the audited records, higher =
+    more likely a member), ``records`` (one dict per attack with the metrics, when membership was given), the
+    ``signals`` (references first, the target last) and the reference models' ``masks``."""
+
+    scores: dict[str, np.ndarray]
+    signals: Signals
+    records: list[dict] = field(default_factory=list)
+    per_target: list[dict] = field(default_factory=list)
+
+    def most_exposed(self, attack: str, n: int = 20) -> np.ndarray:
+        """Indices of the ``n`` records ``attack`` scores highest on the target: the likeliest members."""
+        return np.argsort(-self.scores[attack], kind="stable")[:n]
+
+
+def audit(
+    target,
+    x,
+    y,
+    members: np.ndarray | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    num_reference: int = 16,
+    attacks: str | Iterable[str | Attack] | Mapping[str, Attack] = ("loss", "lira_online", "lira_offline", "rmia",
+                                                                     "rmia_offline"),
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    output_dir: str | Path | None = None,
+) -> AuditResult:
+    """Audit a model trained elsewhere, as the LiRA and RMIA papers attack a model they did not train.
+
+    ``target``: the trained ``nn.Module`` (load its checkpoint into its constructor first), in the mode it is
+    deployed in (eval); its outputs must be logits over the same classes as ``y``. ``x``, ``y``: the candidate
+    records (those it may have been trained on, and others from the same distribution), inputs preprocessed as the
+    target expects. ``num_reference`` reference models are trained here on paired random halves of these records
+    with the recipe of ``python -m mia_bench <overrides>`` (its model, training and defense settings; cached like
+    any run's models), so each record is IN for half of them and OUT for the other half, which is what online and
+    offline LiRA and RMIA need. The target is then scored with every attack against all the reference models.
+    ``members`` (bool ``[N]``, optional): the target's true membership, when known, for metrics (AUC, TPR at low
+    FPR, epsilon lower bound, ...; the calibration shadow is reference model 0). Without it, the result holds the
+    scores only: a ranking of the records by how likely they were trained on. ``output_dir``: where the reference
+    models' training logs go (default ``outputs/<date>/<time>_<pid>_audit``)."""
+    import torch
+
+    from mia_bench.cache.keys import describe_recipe
+    from mia_bench.cache.models import open_cache
+    from mia_bench.config import compose
+    from mia_bench.data.base import ArrayData
+    from mia_bench.data.splits import Splits, make_masks
+    from mia_bench.training.query import collect_logits
+    from mia_bench.training.train import Recipe, train_models
+
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    y = torch.as_tensor(np.asarray(y), dtype=torch.int64)
+    if x.shape[0] != y.shape[0] or y.ndim != 1:
+        raise ValueError(f"x has {x.shape[0]} records and y shape {tuple(y.shape)}; expected y [N] for x [N, ...]")
+    if num_reference < 2 or num_reference % 2:
+        raise ValueError(f"num_reference={num_reference}: expected an even number >= 2 (paired halves)")
+    if members is not None:
+        members = np.asarray(members, dtype=bool)
+        if members.shape != (x.shape[0],):
+            raise ValueError(f"members has shape {members.shape}; expected ({x.shape[0]},), one flag per record")
+    if output_dir is None:
+        output_dir = _default_output_dir("_audit")
+    cfg = compose([*overrides, f"num_models={num_reference}", f"seed={seed}",
+                   f"paths.output_dir={Path(output_dir).absolute()}"])
+    num_classes = int(y.max()) + 1
+    records = ArrayData(x, y)
+    splits = Splits(population=records, test=records.subset(torch.arange(0)), public=None, num_classes=num_classes,
+                    input_shape=tuple(x.shape[1:]), name="audit")
+    masks = make_masks(len(records), num_reference, "paired", seed)
+    cache = open_cache(cfg.get("cache"), describe_recipe(cfg, {}), population=records, audit=records,
+                       test=splits.test, public=None)
+    trained = train_models(Recipe.from_config(cfg), splits, masks, cache=cache)
+    ref_logits = [collect_logits(m.module.predict_logits, x) for m in trained]
+    target.eval()
+    device = next(iter(target.parameters()), torch.empty(0)).device
+
+    @torch.no_grad()
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        return target(batch.to(device))
+
+    target_logits = collect_logits(forward, x, device=device)
+    if target_logits.shape[-1] != num_classes:
+        raise ValueError(f"the target outputs {target_logits.shape[-1]} logits but y has {num_classes} classes")
+    signals = Signals(logits=np.stack([*ref_logits, target_logits]), labels=y.numpy(),
+                      masks=np.vstack([masks, members if members is not None else np.zeros(len(records), bool)]))
+    chosen = _attacks(attacks)
+    k = num_reference
+    if members is not None:
+        if members.all() or not members.any():
+            raise ValueError("members must hold both members and non-members for metrics (or pass None)")
+        result = evaluate(signals, chosen, [k], n_bootstrap=n_bootstrap, seed=seed,
+                          delta=default_delta(max(1, int(members.sum()))))
+        return AuditResult({a: s[0] for a, s in result.scores.items()}, signals, result.records, result.per_target)
+    scores = {name: np.asarray(a.score(signals, k, np.arange(k)), dtype=np.float64) for name, a in chosen.items()}
+    return AuditResult(scores, signals)

@@ -45,3 +45,44 @@ def test_run_a_cell_from_python_and_load_its_results(tmp_path):
     assert res.signals().num_models == 4
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         mia_bench.load_run(tmp_path)
+
+
+@pytest.mark.slow
+def test_audit_a_model_trained_elsewhere_with_reference_models_trained_here(tmp_path):
+    """A user's target: trained outside mia_bench (here: a plain torch loop) on a known half of the digits, saved
+    as a checkpoint and loaded into its constructor. The audit trains reference models on the same records and
+    finds the target's members; without the membership it still ranks the records."""
+    import torch
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    x_np, y_np = load_digits(return_X_y=True)
+    x, y = torch.tensor(x_np[:600] / 16.0, dtype=torch.float32), torch.tensor(y_np[:600])
+    members = np.random.default_rng(0).permutation(600) < 300
+
+    def make():
+        return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+
+    torch.manual_seed(0)
+    model = make()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    xm, ym = x[members], y[members]
+    for _ in range(150):  # full-batch training until it memorises its members
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xm), ym).backward()
+        opt.step()
+    torch.save(model.state_dict(), tmp_path / "target.pt")
+    target = make()
+    target.load_state_dict(torch.load(tmp_path / "target.pt", weights_only=True))
+
+    res = mia_bench.audit(target, x.numpy(), y.numpy(), members, num_reference=8, n_bootstrap=20,
+                          overrides=["train.epochs=20"], attacks=["loss", "lira_offline", "rmia"],
+                          output_dir=tmp_path / "audit")
+    by_name = {r["attack"]: r for r in res.records}
+    assert by_name["lira_offline"]["auc_mean"] > 0.6 and by_name["rmia"]["auc_mean"] > 0.6
+    assert res.signals.num_models == 9 and np.array_equal(res.signals.masks[8], members)
+    blind = mia_bench.audit(target, x.numpy(), y.numpy(), num_reference=8, overrides=["train.epochs=20"],
+                            attacks=["rmia"], output_dir=tmp_path / "blind")
+    assert blind.records == [] and blind.scores["rmia"].shape == (600,)
+    top = blind.most_exposed("rmia", 50)
+    assert members[top].mean() > 0.7  # the likeliest members by RMIA are mostly members
