@@ -73,7 +73,9 @@ def test_run_identity_groups_by_sweep_and_tags_by_choice(tmp_path):
         "tags": ["attack=[loss,rmia]", "dataset=digits", "defense=none", "mine"],
     }
     single = run_identity(_hydra_cfg(RunMode.RUN, tmp_path / "12-30-00", overrides=""), choices, lg)
-    assert single["group"] == "12-30-00" and single["name"] == "12-30-00"
+    assert single["group"] == "digits/none" and single["name"] == "12-30-00"  # a single run: grouped by its cell
+    noisy = {**choices, "paths": "default", "logger": "wandb", "trainer": "default"}
+    assert choice_tags(noisy) == choice_tags(choices)  # where and how it logs is no tag
     assert run_identity(_hydra_cfg(RunMode.RUN, tmp_path / "x"), choices, lg)["name"] == "defense=none"
     own = OmegaConf.create({"group": "paper", "name": "mine", "tags": []})
     assert run_identity(_hydra_cfg(RunMode.MULTIRUN, tmp_path), choices, own)["group"] == "paper"

@@ -21,12 +21,17 @@ log = logging.getLogger(__name__)
 MAX_TAG = 64  # W&B rejects longer tags
 
 
+#: Choices that say where or how a run logs, not what it computes: no tag for them.
+NOT_TAGS = ("paths", "logger", "trainer", "hydra")
+
+
 def choice_tags(choices: dict[str, Any], extra: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """``group=option`` for every Hydra choice (list choices such as ``attack=[loss,rmia]`` joined by commas),
-    plus the user's own tags, each cut to W&B's 64-character limit."""
+    """``group=option`` for every Hydra choice that concerns what is computed (list choices such as
+    ``attack=[loss,rmia]`` joined by commas; not ``paths``, ``logger``, ``trainer``), plus the user's own tags, each
+    cut to W&B's 64-character limit."""
     tags = set(extra)
     for k, v in choices.items():
-        if v is None:
+        if v is None or k in NOT_TAGS:
             continue
         value = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
         tags.add(f"{k}={value}")
@@ -35,14 +40,16 @@ def choice_tags(choices: dict[str, Any], extra: list[str] | tuple[str, ...] = ()
 
 def run_identity(hydra_cfg: DictConfig, choices: dict[str, Any], logger_cfg: DictConfig) -> dict[str, Any]:
     """Group, name and tags of a cell's W&B run. Group: the sweep directory's name for a multirun job (all
-    jobs of one sweep together), the run directory's name for a single run. Name: the job folder for a
+    jobs of one sweep together); for a single run its cell, ``<dataset>/<model>/<defense>`` (reruns and seeds of a
+    cell together), or the run directory's name without those choices. Name: the job folder for a
     multirun job (``<num>_<overrides>``), the command-line overrides (or the run folder) for a single run.
     Non-null ``logger.group`` / ``logger.name`` win; ``logger.tags`` are added to the choices."""
     from hydra.types import RunMode
 
     out = Path(str(hydra_cfg.runtime.output_dir))
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    group = logger_cfg.get("group") or (Path(str(hydra_cfg.sweep.dir)).name if multirun else out.name)
+    cell = "/".join(str(choices[k]) for k in ("dataset", "model", "defense") if choices.get(k))
+    group = logger_cfg.get("group") or (Path(str(hydra_cfg.sweep.dir)).name if multirun else cell or out.name)
     overrides = str(hydra_cfg.job.get("override_dirname") or "")
     name = logger_cfg.get("name") or (out.name if multirun or not overrides else overrides)
     return {"group": str(group), "name": str(name), "tags": choice_tags(choices, list(logger_cfg.get("tags") or []))}
