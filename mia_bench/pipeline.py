@@ -93,7 +93,7 @@ def run(cfg: DictConfig, choices: dict[str, str] | None = None, state: RunState 
     """Run one cell and write its outputs to ``cfg.paths.output_dir``; returns the metrics records. ``state``
     follows the run (its stage and cache), for the command line's message when it is interrupted."""
     with claim_output_dir(make_dir(cfg.paths.output_dir)) as out, progress.cell_progress(
-            int(cfg.num_models), len(cfg.get("attack") or {}), bool(cfg.get("progress", True))):
+            cfg.get("num_models"), len(cfg.get("attack") or {}), bool(cfg.get("progress", True))):
         return run_cell(cfg, dict(choices or {}), state if state is not None else RunState(), out)
 
 

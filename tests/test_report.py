@@ -359,9 +359,8 @@ def test_report_logs_its_tables_and_charts_to_wandb(sweep, monkeypatch, tmp_path
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
     assert main([str(sweep), "--wandb", "--order", "none"]) == 0
-    (run_dir,) = (tmp_path / "wb" / "wandb").glob("offline-run-*")
+    (run_dir,) = (sweep / "wandb").glob("offline-run-*")  # next to the report
     media = {p.name.rsplit("_", 2)[0] for p in run_dir.glob("files/media/table/*.table.json")}
     assert {"summary", "privacy_utility_chart_table"} <= media  # the table and the scatter's own points
     assert list(run_dir.glob("files/media/images/privacy_utility_*.png"))

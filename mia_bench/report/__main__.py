@@ -110,7 +110,8 @@ def log_report_to_wandb(project: str, out: Path, summary: pd.DataFrame, pngs: li
     privacy-utility scatter (test accuracy against ``metric`` of every run x attack) and the report's figures."""
     import wandb
 
-    run = wandb.init(project=project, job_type="report", name=out.resolve().name, config={"report_dir": str(out)})
+    run = wandb.init(project=project, job_type="report", name=out.resolve().name, config={"report_dir": str(out)},
+                     dir=str(out))  # its files (offline: wandb/offline-run-*) next to the report
     table = wandb.Table(dataframe=summary.astype({c: str for c in summary.columns if summary[c].dtype == object}))
     logged = {"summary": table, **{p.stem: wandb.Image(str(p)) for p in pngs}}
     x, y = f"{metric}_mean", "test_acc_mean"
