@@ -227,3 +227,22 @@ def test_the_console_leaves_lightning_chatter_and_third_party_warnings_to_the_lo
     assert not _console_filter(record("py.warnings", logging.WARNING, "/x/site-packages/lightning/a.py:1: deprecated"))
     assert _console_filter(record("py.warnings", logging.WARNING, "/work/mine.py:3: UserWarning: check this"))
     assert _console_filter(record("mia_bench.pipeline", logging.INFO, "wrote outputs"))
+
+
+def test_runs_are_named_mia_bench_and_multirun_console_lines_carry_their_job():
+    import logging
+
+    from mia_bench.__main__ import _console_filter, quiet_console
+    from mia_bench.config import compose
+
+    assert compose([], return_hydra_config=True).hydra.job.name == "mia_bench"  # mia_bench.log, --help header
+    handler = logging.StreamHandler()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        quiet_console("job 3")
+        line = handler.format(logging.LogRecord("mia_bench.pipeline", logging.INFO, __file__, 1, "wrote", None, None))
+        assert "[job 3][mia_bench.pipeline][INFO] - wrote" in line and _console_filter in handler.filters
+    finally:
+        root.removeHandler(handler)
+        logging.captureWarnings(False)
