@@ -29,11 +29,11 @@ DEFENSES = none,dropout,label_smoothing,weight_decay,early_stopping,mixup,adamix
 TABLE_ATTACKS = attack=[loss,lira_online,rmia]
 MNIST ?= ../shared/data/MNIST/raw
 
-privacy-table:      ## every defense on the offline default, then the privacy-utility table (~35 min on 2 cores)
+privacy-table:      ## every defense on the offline default, then the privacy-utility table (~10 min on 2 cores)
 	$(PY) -m mia_bench -m defense=$(DEFENSES) '$(TABLE_ATTACKS)' hydra.sweep.dir=multirun_outputs/privacy_utility_digits
 	$(PY) -m mia_bench.report multirun_outputs/privacy_utility_digits --order $(DEFENSES)
 
-privacy-table-mnist: ## every defense on the MNIST test split (IDX files in $(MNIST)); 4000-record population, K=16, no crops (~45 min)
+privacy-table-mnist: ## every defense on the MNIST test split (IDX files in $(MNIST)); 4000-record population, K=16, no crops (~30 min)
 	$(PY) -m mia_bench -m defense=$(DEFENSES) '$(TABLE_ATTACKS)' dataset=idx dataset.loader.path=$(MNIST) \
 		dataset.population_size=4000 num_models=16 train.epochs=30 dataset.train_augment.crop_padding=0 \
 		hydra.sweep.dir=multirun_outputs/privacy_utility_mnist
