@@ -191,7 +191,8 @@ def run_cell(cfg: DictConfig, choices: dict[str, str], state: RunState, out: Pat
     records = [{**context, **rec} for rec in result.records]
     state.stage = "writing the outputs"
     kind = logger_kind(cfg.get("logger"))
-    write_outputs(out, records, result, audit, choices, wandb=kind == "wandb", tensorboard=kind == "tensorboard")
+    write_outputs(out, records, result, audit, choices, wandb=kind == "wandb", tensorboard=kind == "tensorboard",
+                  figures=bool(cfg.get("figures", True)))
     log.info("wrote %s (%.1fs total)", out, time.perf_counter() - t_start)
     return records
 
@@ -224,7 +225,7 @@ def cell_context(cfg: DictConfig, choices: dict, dataset: str, num_queries: int,
 
 
 def write_outputs(out: Path, records: list[dict], result: EvaluationResult, audit: ArrayData, choices: dict,
-                  wandb: bool, tensorboard: bool = False) -> None:
+                  wandb: bool, tensorboard: bool = False, figures: bool = True) -> None:
     """metrics.json, per_target.json, scores.npz, the ROC curves and plots, the most exposed records, the console
     table, and the W&B summary when logging there (docs/outputs.md describes every file)."""
     write_json(out / "metrics.json", records)
@@ -233,11 +234,11 @@ def write_outputs(out: Path, records: list[dict], result: EvaluationResult, audi
     save_roc_curves(result.rocs, out / "roc_curves.npz", pooled=result.pooled_rocs)
     r0 = records[0]
     title = f"{r0['dataset']} / {r0['model']} / {r0['defense']}"
-    plot_roc(result.rocs, out / "roc.png", title=title, records=records)
-    plot_roc(result.pooled_rocs, out / "roc_pooled.png", title=f"{title} (pooled over targets)", records=records,
-             pooled=True)
-    exposed = most_exposed(result, records)
-    write_exposed(exposed, audit, out, title)
+    if figures:
+        plot_roc(result.rocs, out / "roc.png", title=title, records=records)
+        plot_roc(result.pooled_rocs, out / "roc_pooled.png", title=f"{title} (pooled over targets)",
+                 records=records, pooled=True)
+    write_exposed(most_exposed(result, records), audit, out, title, figure=figures)
     print_table(records)
     if tensorboard:
         log_to_tensorboard(records, out, choices)

@@ -22,6 +22,7 @@ TINY = [
     "evaluation.n_bootstrap=20",
     "trainer.enable_progress_bar=false",
     "trainer.accelerator=cpu",
+    "figures=false",  # about 1 s per cell; the tests of the figures ask for them (figures=true)
 ]
 
 

@@ -22,7 +22,7 @@ METRICS = ("auc", "tpr_at_fpr_0.001", "tpr_at_fpr_0.01", "advantage", "balanced_
 
 
 def test_tiny_run_writes_every_output(compose_cfg, tmp_path):
-    cfg = compose_cfg(TINY)
+    cfg = compose_cfg([*TINY, "figures=true"])
     records = run(cfg, {"dataset": "digits", "model": "mlp", "defense": "none", "attack": "all"})
     for name in ("config.yaml", "masks.npy", "signals.npz", "metrics.json", "roc.png"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -221,6 +221,9 @@ def test_other_loggers_write_their_files(compose_cfg, tmp_path, monkeypatch, log
         [*TINY, "num_models=4", "evaluation.targets=1", "attack=[loss,rmia]", f"logger={logger}"]
     )
     run(cfg, {"dataset": "digits", "attack": "loss_rmia"})
+    # figures=false (TINY): no PNG, but the curves, scores and exposure table are written
+    assert not list(tmp_path.glob("*.png")) and (tmp_path / "roc_curves.npz").exists()
+    assert (tmp_path / "exposed_records.csv").exists() and (tmp_path / "scores.npz").exists()
     assert list(tmp_path.glob(pattern)), sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))[
         :50
     ]
@@ -242,7 +245,7 @@ def test_multirun_writes_one_folder_per_job(tmp_path):
 def test_tensorboard_gets_attack_metrics_hparams_and_figures(compose_cfg, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    records = run(compose_cfg([*TINY, "attack=[loss,rmia]", "logger=tensorboard"]),
+    records = run(compose_cfg([*TINY, "attack=[loss,rmia]", "logger=tensorboard", "figures=true"]),
                   {"dataset": "digits", "defense": "none", "attack": "[loss,rmia]"})
     acc = EventAccumulator(str(tmp_path / "tensorboard" / "attacks"), size_guidance={"tensors": 0}).Reload()
     tags = acc.Tags()

@@ -87,7 +87,7 @@ def test_offline_run_carries_group_tags_config_metrics_table_and_roc(compose_cfg
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "sweep_x" / "0_none"  # (no "=" in a path given to compose)
-    cfg = compose_cfg([*TINY, "logger=wandb", "attack=[loss,lira_online]"], output_dir=out)
+    cfg = compose_cfg([*TINY, "logger=wandb", "attack=[loss,lira_online]", "figures=true"], output_dir=out)
     choices = {"dataset": "digits", "model": "mlp", "defense": "none", "attack": "[loss,lira_online]"}
     started = start_run(cfg, choices, _hydra_cfg(RunMode.MULTIRUN, out, sweep=str(tmp_path / "sweep_x")))
     assert started.group == "sweep_x" and started.name == "0_none"
@@ -130,7 +130,7 @@ def test_a_cached_rerun_still_gives_wandb_every_models_curves(compose_cfg, tmp_p
     for name in ("first", "again"):
         out = tmp_path / name
         monkeypatch.setenv("WANDB_DIR", str(tmp_path / f"wandb_{name}"))
-        cfg = compose_cfg([*TINY, "logger=wandb", "attack=loss"], output_dir=out)
+        cfg = compose_cfg([*TINY, "logger=wandb", "attack=loss", "figures=true"], output_dir=out)
         start_run(cfg, choices, _hydra_cfg(RunMode.RUN, out))
         records = run(cfg, choices)
     assert records[0]["models_from_cache"] == 4

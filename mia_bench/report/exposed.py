@@ -55,8 +55,9 @@ def most_exposed(result, records: list[dict]) -> dict | None:
             "n_member": n_member[ranked], "score": mean_score[ranked]}
 
 
-def write_exposed(exposed: dict | None, audit, out: Path, title: str = "") -> None:
-    """``exposed_records.csv`` (top 100) and, for image data, ``exposed_records.png`` (top 16 with label and FPR)."""
+def write_exposed(exposed: dict | None, audit, out: Path, title: str = "", figure: bool = True) -> None:
+    """``exposed_records.csv`` (top 100) and, for image data (and ``figure``), ``exposed_records.png`` (top 16 with
+    label and FPR)."""
     if exposed is None:
         return
     labels = audit.y.numpy()
@@ -70,7 +71,7 @@ def write_exposed(exposed: dict | None, audit, out: Path, title: str = "") -> No
                     f"{exposed['caught'][j]:.4g}", int(exposed["n_member"][j]), f"{exposed['score'][j]:.6g}"])
     atomic_write_text(out / "exposed_records.csv", buf.getvalue())
     x = audit.x
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
+    if not figure or x.ndim != 4 or x.shape[1] not in (1, 3):
         return  # tabular data: the CSV only
     top = exposed["record"][:TOP_GRID]
     cols = 8 if top.size > 8 else max(top.size, 1)
