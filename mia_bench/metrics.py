@@ -146,15 +146,20 @@ def best_threshold(scores, labels, *, balanced: bool = False) -> float:
     maximises). Ties between candidates go to the highest threshold.
     """
     s, y = _as_scores_labels(scores, labels)
-    order, ends = _sort_groups(s)
-    yo = y[order]
-    tps = np.r_[0.0, np.cumsum(yo)[ends]]
-    fps = np.r_[0.0, (ends + 1) - tps[1:]]
+    thresholds, tps, fps = _threshold_counts(s, y)
     if tps[-1] == 0 or fps[-1] == 0:
         raise ValueError("best_threshold needs both members and non-members")
-    acc = _accuracy_curve(tps, fps, balanced)
-    j = int(np.argmax(acc))
-    return float(np.inf) if j == 0 else float(s[order][ends[j - 1]])
+    return float(thresholds[int(np.argmax(_accuracy_curve(tps, fps, balanced)))])
+
+
+def _threshold_counts(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate thresholds (``+inf``, then every distinct score, decreasing) and the members / non-members
+    with ``score >= threshold`` at each: what threshold choosers maximise over (first maximum = highest
+    threshold)."""
+    order, ends = _sort_groups(s)
+    tps = np.r_[0.0, np.cumsum(y[order])[ends]]
+    fps = np.r_[0.0, (ends + 1) - tps[1:]]
+    return np.r_[np.inf, s[order][ends]], tps, fps
 
 
 def accuracy_at_threshold(scores, labels, threshold: float, *, balanced: bool = False) -> float:
@@ -385,9 +390,5 @@ def epsilon_threshold(scores, labels, delta: float, confidence: float = 0.95) ->
     ``epsilon_lower_bound`` on (scores, labels). Chosen on a shadow model and applied to the target, so that
     the bound on the target is not inflated by a threshold fitted to the target's own membership."""
     s, y = _as_scores_labels(scores, labels)
-    order, ends = _sort_groups(s)
-    tps = np.r_[0.0, np.cumsum(y[order])[ends]]
-    fps = np.r_[0.0, (ends + 1) - tps[1:]]
-    eps = epsilon_lower_bound(tps, tps[-1], fps, fps[-1], delta, confidence)
-    j = int(np.argmax(eps))
-    return float(np.inf) if j == 0 else float(s[order][ends[j - 1]])
+    thresholds, tps, fps = _threshold_counts(s, y)
+    return float(thresholds[int(np.argmax(epsilon_lower_bound(tps, tps[-1], fps, fps[-1], delta, confidence)))])

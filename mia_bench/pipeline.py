@@ -401,7 +401,7 @@ def finish_shard(
         "trained": [m.index for m in trained if not m.from_cache],
         "from_cache": [m.index for m in trained if m.from_cache],
         "keys": {str(m.index): m.key for m in trained},
-        "cache_dir": str(cfg.cache.dir),
+        "cache_dir": str(cache.store.root),  # the folder actually used (relative paths anchored)
         "seconds": round(time.perf_counter() - t_start, 2),
         "version": __version__,
     }

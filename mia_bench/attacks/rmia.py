@@ -82,12 +82,10 @@ class RMIA(Attack):
 
     def log_ratio(self, signals: Signals, target: int, ref: np.ndarray, a: float | None = None) -> np.ndarray:
         """``log r(x) = log Pr(x|theta_t) - log Pr(x)`` for every population record, ``[N]``."""
-        lp = signals.true_log_prob                                     # [K, N, Q]
-        q = lp.shape[2]
-        log_p_target = logsumexp(lp[target], axis=1) - np.log(q)       # log mean_q p_y
-        lp_ref = lp[ref]                                               # [R, N, Q]
+        log_p_target = self._log_p_model(signals, target)
         if not self.offline:
-            log_p_x = logsumexp(lp_ref, axis=(0, 2)) - np.log(lp_ref.shape[0] * q)
+            lp_ref = signals.true_log_prob[ref]                        # [R, N, Q]
+            log_p_x = logsumexp(lp_ref, axis=(0, 2)) - np.log(lp_ref.shape[0] * lp_ref.shape[2])
             self.info = {}
             return log_p_target - log_p_x
         log_p_out, n_fallback = self._log_p_out(signals, ref)
@@ -96,9 +94,19 @@ class RMIA(Attack):
         else:
             tuned = False
         self.info = {"n_fallback_out": n_fallback, **({"offline_a": a} if tuned else {})}
+        return log_p_target - self._offline_log_p_x(log_p_out, a)
+
+    @staticmethod
+    def _log_p_model(signals: Signals, model: int) -> np.ndarray:
+        """``log Pr(x | theta)``: the log of the true-label probability averaged over the queries, ``[N]``."""
+        lp = signals.true_log_prob[model]                              # [N, Q]
+        return logsumexp(lp, axis=1) - np.log(lp.shape[1])
+
+    @staticmethod
+    def _offline_log_p_x(log_p_out: np.ndarray, a: float) -> np.ndarray:
+        """``log Pr(x) = log(((1 + a) Pr_out(x) + (1 - a)) / 2)``, the paper's offline correction."""
         with np.errstate(divide="ignore"):
-            log_p_x = np.logaddexp(np.log1p(a) + log_p_out, np.log(1.0 - a)) - np.log(2.0)
-        return log_p_target - log_p_x
+            return np.logaddexp(np.log1p(a) + log_p_out, np.log(1.0 - a)) - np.log(2.0)
 
     @staticmethod
     def _log_p_out(signals: Signals, ref: np.ndarray) -> tuple[np.ndarray, int]:
@@ -133,13 +141,10 @@ class RMIA(Attack):
             member = signals.masks[pseudo]
             if rest.size == 0 or member.all() or not member.any():
                 continue
-            lp = signals.true_log_prob
-            log_p_target = logsumexp(lp[pseudo], axis=1) - np.log(lp.shape[2])
+            log_p_target = self._log_p_model(signals, int(pseudo))
             log_p_out, _ = self._log_p_out(signals, rest)
             for i, a in enumerate(A_GRID):
-                with np.errstate(divide="ignore"):
-                    log_p_x = np.logaddexp(np.log1p(a) + log_p_out, np.log(1.0 - a)) - np.log(2.0)
-                aucs[i] += roc_auc(log_p_target - log_p_x, member)
+                aucs[i] += roc_auc(log_p_target - self._offline_log_p_x(log_p_out, a), member)
             used += 1
         if used == 0:
             return 0.3

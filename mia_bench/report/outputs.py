@@ -186,6 +186,8 @@ def print_table(records: list[dict], console: Console | None = None) -> None:
         console.print(f"[bold red]warning:[/] {r0['warnings']}")
 
 
+#: A cell's figures as the loggers name them -> their files in the run directory (absent with figures=false).
+FIGURES = {"roc": "roc.png", "pooled_roc": "roc_pooled.png", "exposed_records": "exposed_records.png"}
 UTILITY_KEYS = ("test_acc_mean", "test_acc_std", "train_acc_mean", "train_acc_std", "gen_gap", "train_seconds")
 
 
@@ -212,8 +214,7 @@ def log_to_wandb(records: list[dict], out: Path, choices: dict[str, str],
                 run.summary[f"{rec['attack']}/{key}"] = value
                 if key in UTILITY_KEYS or key.startswith("defense/"):  # the cell's, not the attack's: unprefixed too
                     run.summary[key] = value
-    images = {"roc": "roc.png", "pooled_roc": "roc_pooled.png", "exposed_records": "exposed_records.png"}
-    logged = {key: wandb.Image(str(out / name)) for key, name in images.items() if (out / name).exists()}
+    logged = {key: wandb.Image(str(out / name)) for key, name in FIGURES.items() if (out / name).exists()}
     if rocs:  # only the resolved part of each curve (NaN below the FPR resolution)
         names = list(rocs)
         ok = [~np.isnan(np.asarray(rocs[a][1], dtype=np.float64)) for a in names]
@@ -253,10 +254,10 @@ def log_to_tensorboard(records: list[dict], out: Path, choices: dict[str, str]) 
         if "test_acc_mean" in records[0]:
             main["hparam/test_acc_mean"] = float(records[0]["test_acc_mean"])
         writer.add_hparams(hparams, main, run_name=".")
-        for name in ("roc", "roc_pooled", "exposed_records"):
-            png = Path(out) / f"{name}.png"
+        for name in FIGURES.values():
+            png = Path(out) / name
             if png.exists():
-                writer.add_image(name, plt.imread(png)[..., :3], 0, dataformats="HWC")
+                writer.add_image(png.stem, plt.imread(png)[..., :3], 0, dataformats="HWC")
     finally:
         writer.close()
     return folder
