@@ -3,6 +3,8 @@
 
 * a plain PyTorch loop doing the same work (same models, optimizer, batches, epochs, augmentation), one model
   after another: what a researcher would write by hand;
+* the same loop as the smallest LightningModule and a bare ``Trainer``: Lightning's own per-step cost, the floor
+  under any Lightning path that trains one model at a time;
 * mia_bench's Lightning path one model at a time (``train.engine=sequential``);
 * mia_bench's ensemble path (``train.engine=ensemble``): the models of the cell trained together.
 
@@ -19,6 +21,7 @@ import logging
 import tempfile
 import time
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -70,6 +73,36 @@ def plain_loop(cfg, splits, masks) -> None:
                 opt.step()
 
 
+class BareModule(pl.LightningModule):
+    """The least a LightningModule can do: augment, forward, cross-entropy, the recipe's optimizer."""
+
+    def __init__(self, model, optimizer, aug) -> None:
+        super().__init__()
+        self.model, self.optimizer, self.aug = model, optimizer, aug
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.model(random_crop_flip(x, self.aug.crop_padding, self.aug.hflip)), y)
+
+    def configure_optimizers(self):
+        return self.optimizer(self.model.parameters())
+
+
+def bare_lightning(cfg, splits, masks) -> None:
+    """The plain loop's work through a bare Lightning fit, one model after another."""
+    for k in range(cfg.num_models):
+        seed = model_seed(cfg.seed, k)
+        torch.manual_seed(seed)
+        model = build_module(Recipe.from_config(cfg), splits).model
+        member = torch.from_numpy(np.flatnonzero(masks[k]))
+        loader = TensorBatchLoader(
+            splits.population.x[member], splits.population.y[member], cfg.train.batch_size, seed=seed
+        )
+        trainer = pl.Trainer(max_epochs=cfg.train.epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        trainer.fit(BareModule(model, instantiate(cfg.train.module.optimizer), cfg.dataset.train_augment), loader)
+
+
 def lightning(engine: str):
     def train(cfg, splits, masks) -> None:
         recipe = Recipe.from_config(cfg)
@@ -79,8 +112,8 @@ def lightning(engine: str):
     return train
 
 
-SIDES = {"plain loop": plain_loop, "Lightning, one at a time": lightning("sequential"),
-         "Lightning, ensemble": lightning("ensemble")}
+SIDES = {"plain loop": plain_loop, "bare Lightning (floor)": bare_lightning,
+         "Lightning, one at a time": lightning("sequential"), "Lightning, ensemble": lightning("ensemble")}
 
 
 def main() -> None:
