@@ -50,19 +50,23 @@ CELLS = {
 }
 
 
+def model_and_batches(cfg, splits, masks, k: int):
+    """Model ``k`` as the cell builds it (its seed) and its own member batches, for the hand-written sides."""
+    seed = model_seed(cfg.seed, k)
+    torch.manual_seed(seed)
+    model = build_module(Recipe.from_config(cfg), splits).model
+    member = torch.from_numpy(np.flatnonzero(masks[k]))
+    return model, TensorBatchLoader(
+        splits.population.x[member], splits.population.y[member], cfg.train.batch_size, seed=seed
+    )
+
+
 def plain_loop(cfg, splits, masks) -> None:
     """The same modules, a bare loop over pre-batched tensors, one model after another."""
     aug = cfg.dataset.train_augment
     for k in range(cfg.num_models):
-        seed = model_seed(cfg.seed, k)
-        torch.manual_seed(seed)
-        module = build_module(Recipe.from_config(cfg), splits)
-        model = module.model
+        model, loader = model_and_batches(cfg, splits, masks, k)
         opt = instantiate(cfg.train.module.optimizer)(model.parameters())
-        member = torch.from_numpy(np.flatnonzero(masks[k]))
-        loader = TensorBatchLoader(
-            splits.population.x[member], splits.population.y[member], cfg.train.batch_size, seed=seed
-        )
         model.train()
         for _ in range(cfg.train.epochs):
             for x, y in loader:
@@ -91,13 +95,7 @@ class BareModule(pl.LightningModule):
 def bare_lightning(cfg, splits, masks) -> None:
     """The plain loop's work through a bare Lightning fit, one model after another."""
     for k in range(cfg.num_models):
-        seed = model_seed(cfg.seed, k)
-        torch.manual_seed(seed)
-        model = build_module(Recipe.from_config(cfg), splits).model
-        member = torch.from_numpy(np.flatnonzero(masks[k]))
-        loader = TensorBatchLoader(
-            splits.population.x[member], splits.population.y[member], cfg.train.batch_size, seed=seed
-        )
+        model, loader = model_and_batches(cfg, splits, masks, k)
         trainer = pl.Trainer(max_epochs=cfg.train.epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
         trainer.fit(BareModule(model, instantiate(cfg.train.module.optimizer), cfg.dataset.train_augment), loader)

@@ -19,7 +19,7 @@ _ACTIVE: dict = {}  # "progress": rich Progress, "tasks": name -> task id
 
 
 @contextmanager
-def cell_progress(num_models, num_attacks: int, enabled: bool = True) -> Iterator[None]:
+def cell_progress(num_models: object, num_attacks: int, enabled: bool = True) -> Iterator[None]:
     """Show the cell's progress while the block runs, if ``enabled`` and the console is a terminal (before the
     config is checked: a ``num_models`` that is not a number shows no total, and the check names it)."""
     num_models = num_models if isinstance(num_models, int) and not isinstance(num_models, bool) else None
