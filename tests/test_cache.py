@@ -134,6 +134,14 @@ def test_model_key_covers_what_determines_a_model_and_nothing_else(compose_cfg, 
     assert _key(cfg, mask=other) != base  # one record in or out
     assert _key(cfg, k=1) != base  # index (and with it the model's seed)
     assert _key(cfg, fingerprint="edited data") != base
+    # Mixup Inference: its draws and mixing weights choose the outputs, its pass size only how they are computed.
+    mi = compose_cfg(["defense=mixup_inference"])
+    mi_key = _key(mi)
+    assert mi_key != base
+    for override, same in (("defense.predict.chunk_size=64", True), ("defense.predict.n_samples=7", False),
+                           ("defense.predict.lam_pl=0.3", False)):  # fmt: skip
+        edited = OmegaConf.merge(mi, OmegaConf.from_dotlist([override]))
+        assert (_key(edited) == mi_key) == same, override
     import mia_bench.cache.models as models_mod
 
     monkeypatch.setattr(models_mod, "__version__", "9.9.9")

@@ -267,6 +267,22 @@ def test_mixup_inference_returns_the_mean_of_n_mixed_predictions(mode, lam):
     assert torch.allclose(out, again, atol=1e-6) and not torch.allclose(out, other, atol=1e-4)
 
 
+def test_mixup_inference_pass_size_changes_how_not_what():
+    """chunk_size bounds the records per forward pass (None: 512 on a CPU) and leaves the outputs as they are."""
+    pool, q, model, clean_logits, calls = _mi_setup(n_query=40)
+    outs = {}
+    for chunk in (7, 50, 4096, None):
+        calls.clear()
+        outs[chunk] = MixupInference(pool, seed=3, n_samples=30, chunk_size=chunk)(clean_logits, q)
+        limit = 512 if chunk is None else chunk
+        assert max(len(c) for c in calls[1:]) <= limit and sum(len(c) for c in calls[1:]) == 40 * 30
+    assert len(calls) == 1 + 3  # None on a CPU: 1200 mixed records in passes of 512
+    for chunk in (7, 50, None):
+        assert torch.allclose(outs[chunk], outs[4096], atol=1e-6, rtol=0), chunk
+    with pytest.raises(ValueError, match="chunk_size=0"):
+        MixupInference(pool, chunk_size=0)
+
+
 @pytest.mark.parametrize("threshold", [-1.0, 0.05, 2.0])
 def test_mixup_inference_combined_picks_pl_or_ol_by_the_confidence_gap(threshold):
     pool, q, model, clean_logits, calls = _mi_setup()

@@ -34,6 +34,8 @@ TRAINER_KEYS_IGNORED = (
 )
 #: Training settings that choose how models are computed, not which: one at a time or together, the same models.
 TRAIN_KEYS_IGNORED = ("engine", "ensemble_size")
+#: Inference-time defense settings that choose how outputs are computed, not which (records per forward pass).
+PREDICT_KEYS_IGNORED = ("chunk_size",)
 #: Dataset-loader settings that locate data rather than define it (the data fingerprint covers the content).
 LOADER_KEYS_IGNORED = ("root", "path", "download")
 #: Source that determines a trained model, what it records while training, or its signals (package-relative).
@@ -94,7 +96,8 @@ def describe_recipe(cfg: DictConfig, recorded: dict | None = None) -> dict:
 
     Left out because they do not change a model: attacks, evaluation, signals, logger, paths, cpu_threads,
     num_models (masks are prefix-stable; each model's mask bytes are in its key), membership (enters through the
-    mask bytes), the trainer's display/logging/device settings, the data location, and ``dataset.query_augment``.
+    mask bytes), the trainer's display/logging/device settings, the inference-time defense's pass size, the data
+    location, and ``dataset.query_augment``.
     ``recorded``: what analyses record while a model trains (the pipeline asks each analysis), which joins the
     recipe, together with the query augmentations, only when something is recorded."""
     out = {
@@ -108,6 +111,9 @@ def describe_recipe(cfg: DictConfig, recorded: dict | None = None) -> dict:
         out["trainer"] = {k: v for k, v in out["trainer"].items() if k not in TRAINER_KEYS_IGNORED}
     if isinstance(out.get("train"), dict):
         out["train"] = {k: v for k, v in out["train"].items() if k not in TRAIN_KEYS_IGNORED}
+    predict = (out.get("defense") or {}).get("predict") if isinstance(out.get("defense"), dict) else None
+    if isinstance(predict, dict):
+        out["defense"]["predict"] = {k: v for k, v in predict.items() if k not in PREDICT_KEYS_IGNORED}
     dataset = out.get("dataset")
     if isinstance(dataset, dict):
         if isinstance(dataset.get("loader"), dict):

@@ -34,7 +34,7 @@ class MixupInference:
     Built by the training loop from the config partial with ``pool`` (the public split) and ``seed``; draws come
     from its own seeded generator, so a run is reproducible. Batched: all N pool indices of a batch are drawn at
     once from per-class index tables, and the mixed copies go through the model in chunks of ``chunk_size``
-    records.
+    records (None: by device, see :meth:`rows_per_pass`).
     """
 
     def __init__(
@@ -48,12 +48,14 @@ class MixupInference:
         combined_n_pl: int = 5,
         combined_n_ol: int = 15,
         threshold: float = 0.2,
-        chunk_size: int = 8192,
+        chunk_size: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mixup_inference mode={mode!r}: expected one of {list(MODES)}")
         for key, value in (("n_samples", n_samples), ("combined_n_pl", combined_n_pl),
                            ("combined_n_ol", combined_n_ol), ("chunk_size", chunk_size)):  # fmt: skip
+            if key == "chunk_size" and value is None:
+                continue  # chosen by device
             if int(value) != value or int(value) < 1:
                 raise ValueError(f"mixup_inference {key}={value}: expected an integer >= 1")
         for key, value in (("lam_pl", lam_pl), ("lam_ol", lam_ol)):
@@ -70,7 +72,7 @@ class MixupInference:
         self.lam_pl, self.lam_ol = float(lam_pl), float(lam_ol)
         self.combined_n_pl, self.combined_n_ol = int(combined_n_pl), int(combined_n_ol)
         self.threshold = float(threshold)
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
         self.generator = torch.Generator().manual_seed(int(seed))
         # Per-class index tables: pool indices sorted by class, and each class' start and count in that order.
         labels = pool.y.cpu()
@@ -132,19 +134,25 @@ class MixupInference:
             self._device_x[device] = self.pool.x.to(device)
         return self._device_x[device]
 
+    def rows_per_pass(self, device: torch.device) -> int:
+        """Mixed records per forward pass: ``chunk_size``, or when it is None 512 on a CPU (a pass that fits the
+        caches: LeNet ran 2x faster per record than at 8192, with the same outputs) and 8192 elsewhere."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return 512 if torch.device(device).type == "cpu" else 8192
+
     def mixed_log_probs(self, clean_logits: Logits, x: torch.Tensor, idx: torch.Tensor, lam: float) -> torch.Tensor:
         """``log mean_n softmax(model(lam x + (1 - lam) pool[idx[:, n]]))`` for every query, ``[B, C]``."""
         b, n = idx.shape
         pool_x = self._pool_x(x.device)
-        idx = idx.to(x.device)
-        per_pass = max(1, self.chunk_size // max(b, 1))
+        flat = idx.to(x.device).flatten()  # row r mixes query r // n with pool record flat[r]
+        step = self.rows_per_pass(x.device)
         out = []
-        for s in range(0, n, per_pass):  # chunks of draws, each one batched forward pass
-            xs = pool_x[idx[:, s : s + per_pass]]  # [B, k, ...]
-            mixed = (1 - lam) * xs + lam * x[:, None]
-            logits = clean_logits(mixed.flatten(0, 1)).float()
-            out.append(logits.log_softmax(-1).view(b, -1, logits.shape[-1]))
-        return torch.logsumexp(torch.cat(out, 1), dim=1) - math.log(n)
+        for s in range(0, len(flat), step):  # chunks of mixed records, each one batched forward pass
+            rows = torch.arange(s, min(s + step, len(flat)), device=x.device)
+            mixed = (1 - lam) * pool_x[flat[rows]] + lam * x[rows // n]
+            out.append(clean_logits(mixed).float().log_softmax(-1))
+        return torch.logsumexp(torch.cat(out).view(b, n, -1), dim=1) - math.log(n)
 
     @torch.no_grad()
     def __call__(self, clean_logits: Logits, x: torch.Tensor) -> torch.Tensor:
