@@ -341,7 +341,7 @@ def cached_signals(
 
 
 def model_accuracies(
-    trained: list[TrainedModel], splits: Splits, train_masks: np.ndarray, batch_size: int
+    trained: list[TrainedModel], splits: Splits, train_masks: np.ndarray, batch_size: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Test and train accuracy of every model through its predict path."""
     test, train = [], []
@@ -449,7 +449,7 @@ CHECKS = {
     "cpu_threads": (lambda v: v is None or _whole(v, 1), "null or a whole number of threads >= 1"),
     "membership.scheme": (lambda v: v in ("paired", "bernoulli"), "paired or bernoulli"),
     "signals.dtype": (lambda v: v in ("float16", "float32"), "float16 or float32"),
-    "signals.batch_size": (lambda v: _whole(v, 1), "a whole number of records >= 1"),
+    "signals.batch_size": (lambda v: v is None or _whole(v, 1), "null or a whole number of records >= 1"),
     "evaluation.n_bootstrap": (lambda v: _whole(v, 0), "a whole number of resamples >= 0 (0 = no intervals)"),
     "evaluation.confidence": (lambda v: isinstance(v, float) and 0 < v < 1, "a level in (0, 1), e.g. 0.95"),
     "evaluation.null_test": (lambda v: isinstance(v, bool), "true or false"),

@@ -170,3 +170,28 @@ def test_synthetic_signals_shapes_and_pairs():
     assert sig.logits.shape == (6, 100, 2, 10)
     np.testing.assert_array_equal(sig.masks[0], ~sig.masks[1])
     assert sig.masks.sum(0).tolist() == [3] * 100
+
+
+def test_query_passes_by_device_change_how_not_what():
+    """signals.batch_size=null queries in passes of 256 records on a CPU (4096 on a GPU); the outputs do not depend
+    on the pass size."""
+    from mia_bench.augment import query_offsets
+    from mia_bench.training.query import collect_logits, query_batch_size
+
+    assert query_batch_size(None, "cpu") == 256 and query_batch_size(None, torch.device("cuda")) == 4096
+    assert query_batch_size(7, "cuda") == 7
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 3)).eval()  # fmt: skip
+    sizes: list[int] = []
+
+    def forward(x):
+        sizes.append(len(x))
+        return model(x)
+
+    x = torch.rand(600, 1, 8, 8)
+    queries = query_offsets(1)
+    default = collect_logits(forward, x, queries)
+    assert sizes == [256] * len(queries) * 2 + [88] * len(queries)
+    for batch in (7, 1000):
+        np.testing.assert_allclose(collect_logits(forward, x, queries, batch), default, atol=1e-6, rtol=0)

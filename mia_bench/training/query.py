@@ -16,19 +16,30 @@ from mia_bench.augment import apply_query
 Query = tuple[int, int, bool]  # (dy, dx, flip), see mia_bench.augment.query_offsets
 
 
+def query_batch_size(batch_size: int | None, device: torch.device | str) -> int:
+    """Records per forward pass: ``batch_size``, or when it is None 256 on a CPU and 4096 elsewhere. Measured on a
+    CPU with one thread: LeNet on MNIST ran 1.5x faster per record in passes of 256 than of 1024 and the cnn on
+    CIFAR-shaped data 1.2-1.5x (a pass that fits the caches), with bit-identical outputs; a GPU wants large passes."""
+    if batch_size is not None:
+        return int(batch_size)
+    return 256 if torch.device(device).type == "cpu" else 4096
+
+
 @torch.no_grad()
 def collect_logits(
     forward: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     queries: Sequence[Query] = ((0, 0, False),),
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     dtype: np.dtype | str = np.float32,
     device: torch.device | str | None = None,
 ) -> np.ndarray:
     """``[N, Q, C]`` outputs of ``forward`` (e.g. ``module.predict_logits``) on every record of ``x`` under every
-    query augmentation, in batches on ``device`` (default: the device of ``forward``'s module, else ``x``'s)."""
+    query augmentation, in batches (:func:`query_batch_size`) on ``device`` (default: the device of ``forward``'s
+    module, else ``x``'s)."""
     if device is None:
         device = getattr(getattr(forward, "__self__", None), "device", x.device)
+    batch_size = query_batch_size(batch_size, device)
     out = []
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size].to(device)
