@@ -268,15 +268,15 @@ def test_mixup_inference_returns_the_mean_of_n_mixed_predictions(mode, lam):
 
 
 def test_mixup_inference_pass_size_changes_how_not_what():
-    """chunk_size bounds the records per forward pass (None: 512 on a CPU) and leaves the outputs as they are."""
+    """chunk_size bounds the records per forward pass (None: 256 on a CPU) and leaves the outputs as they are."""
     pool, q, model, clean_logits, calls = _mi_setup(n_query=40)
     outs = {}
     for chunk in (7, 50, 4096, None):
         calls.clear()
         outs[chunk] = MixupInference(pool, seed=3, n_samples=30, chunk_size=chunk)(clean_logits, q)
-        limit = 512 if chunk is None else chunk
+        limit = 256 if chunk is None else chunk
         assert max(len(c) for c in calls[1:]) <= limit and sum(len(c) for c in calls[1:]) == 40 * 30
-    assert len(calls) == 1 + 3  # None on a CPU: 1200 mixed records in passes of 512
+    assert len(calls) == 1 + 5  # None on a CPU: 1200 mixed records in passes of 256
     for chunk in (7, 50, None):
         assert torch.allclose(outs[chunk], outs[4096], atol=1e-6, rtol=0), chunk
     with pytest.raises(ValueError, match="chunk_size=0"):

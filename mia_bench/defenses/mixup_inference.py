@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 from mia_bench.data.base import ArrayData
+from mia_bench.training.query import query_batch_size
 
 MODES = ("pl", "ol", "combined")
 Logits = Callable[[torch.Tensor], torch.Tensor]
@@ -34,7 +35,7 @@ class MixupInference:
     Built by the training loop from the config partial with ``pool`` (the public split) and ``seed``; draws come
     from its own seeded generator, so a run is reproducible. Batched: all N pool indices of a batch are drawn at
     once from per-class index tables, and the mixed copies go through the model in chunks of ``chunk_size``
-    records (None: by device, see :meth:`rows_per_pass`).
+    records (None: as many as a query pass, :func:`~mia_bench.training.query.query_batch_size`).
     """
 
     def __init__(
@@ -134,19 +135,12 @@ class MixupInference:
             self._device_x[device] = self.pool.x.to(device)
         return self._device_x[device]
 
-    def rows_per_pass(self, device: torch.device) -> int:
-        """Mixed records per forward pass: ``chunk_size``, or when it is None 512 on a CPU (a pass that fits the
-        caches: LeNet ran 2x faster per record than at 8192, with the same outputs) and 8192 elsewhere."""
-        if self.chunk_size is not None:
-            return self.chunk_size
-        return 512 if torch.device(device).type == "cpu" else 8192
-
     def mixed_log_probs(self, clean_logits: Logits, x: torch.Tensor, idx: torch.Tensor, lam: float) -> torch.Tensor:
         """``log mean_n softmax(model(lam x + (1 - lam) pool[idx[:, n]]))`` for every query, ``[B, C]``."""
         b, n = idx.shape
         pool_x = self._pool_x(x.device)
         flat = idx.to(x.device).flatten()  # row r mixes query r // n with pool record flat[r]
-        step = self.rows_per_pass(x.device)
+        step = query_batch_size(self.chunk_size, x.device)  # passes of 8192 ran LeNet 2x slower on a CPU
         out = []
         for s in range(0, len(flat), step):  # chunks of mixed records, each one batched forward pass
             rows = torch.arange(s, min(s + step, len(flat)), device=x.device)
