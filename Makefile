@@ -40,7 +40,7 @@ privacy-table-mnist: ## every defense on the MNIST test split (IDX files in $(MN
 	$(PY) -m mia_bench.report multirun_outputs/privacy_utility_mnist --order $(DEFENSES)
 
 # dpsgd first: the longest jobs start first so that the parallel workers finish close together
-MNIST_FULL_DEFENSES = dpsgd,none,sam,mia_pruning,adamixup,mixup_inference,mid
+MNIST_FULL_DEFENSES = mixup_inference,dpsgd,none,sam,mia_pruning,adamixup,mid
 privacy-table-mnist-full: ## none, the seed defenses and DP-SGD on the full MNIST (IDX files in $(MNIST)); 20000-record population, LeNet, K=16 (~2 h on 2 cores)
 	$(PY) -m mia_bench -m hydra/launcher=local defense=$(MNIST_FULL_DEFENSES) '$(TABLE_ATTACKS)' dataset=idx \
 		dataset.loader.path=$(MNIST) dataset.population_size=20000 model=lenet num_models=16 train.epochs=30 \
