@@ -219,3 +219,18 @@ def test_the_group_size_follows_memory_on_a_gpu_and_takes_every_model_on_a_cpu(c
     cfg = compose_cfg(SMALL)
     _, splits = load_data(cfg.dataset, cfg.seed)
     assert memory_group_size(Recipe.from_config(cfg), splits, 16) == 16
+
+
+def test_cuda_probe_stays_cheap_without_a_gpu(monkeypatch):
+    """Lightning's NVML-based CUDA probe (retried by Adam at every step) is switched off only where no GPU is
+    available; with a GPU, Lightning's fork-safe setting stays."""
+    import os
+
+    from mia_bench.training.cuda_probe import NVML_CHECK, keep_cuda_probe_cheap
+
+    monkeypatch.setenv(NVML_CHECK, "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert not keep_cuda_probe_cheap() and os.environ[NVML_CHECK] == "1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert keep_cuda_probe_cheap() and os.environ[NVML_CHECK] == "0"
+    assert not keep_cuda_probe_cheap()  # once is enough
