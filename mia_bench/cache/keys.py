@@ -111,9 +111,9 @@ def describe_recipe(cfg: DictConfig, recorded: dict | None = None) -> dict:
         out["trainer"] = {k: v for k, v in out["trainer"].items() if k not in TRAINER_KEYS_IGNORED}
     if isinstance(out.get("train"), dict):
         out["train"] = {k: v for k, v in out["train"].items() if k not in TRAIN_KEYS_IGNORED}
-    predict = (out.get("defense") or {}).get("predict") if isinstance(out.get("defense"), dict) else None
-    if isinstance(predict, dict):
-        out["defense"]["predict"] = {k: v for k, v in predict.items() if k not in PREDICT_KEYS_IGNORED}
+    defense = out.get("defense")
+    if isinstance(defense, dict) and isinstance(defense.get("predict"), dict):
+        defense["predict"] = {k: v for k, v in defense["predict"].items() if k not in PREDICT_KEYS_IGNORED}
     dataset = out.get("dataset")
     if isinstance(dataset, dict):
         if isinstance(dataset.get("loader"), dict):
