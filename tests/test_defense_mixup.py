@@ -281,6 +281,8 @@ def test_mixup_inference_pass_size_changes_how_not_what():
         assert torch.allclose(outs[chunk], outs[4096], atol=1e-6, rtol=0), chunk
     with pytest.raises(ValueError, match="chunk_size=0"):
         MixupInference(pool, chunk_size=0)
+    for mode in ("pl", "ol", "combined"):  # an empty batch of queries: an empty answer, not an error
+        assert MixupInference(pool, mode=mode)(clean_logits, q[:0]).shape == (0, 4)
 
 
 @pytest.mark.parametrize("threshold", [-1.0, 0.05, 2.0])

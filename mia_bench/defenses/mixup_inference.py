@@ -151,6 +151,8 @@ class MixupInference:
     @torch.no_grad()
     def __call__(self, clean_logits: Logits, x: torch.Tensor) -> torch.Tensor:
         clean = clean_logits(x).float()
+        if len(x) == 0:  # no query, nothing to mix: an empty [0, C] answer
+            return clean.log_softmax(-1)
         y_hat, num_classes = clean.argmax(-1).cpu(), clean.shape[-1]
         if self.mode == "pl":
             return self.mixed_log_probs(clean_logits, x, self.draw_pl(y_hat, self.n_samples, num_classes), self.lam_pl)
