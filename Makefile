@@ -20,7 +20,6 @@ lint:               ## ruff
 
 bench:              ## training speed (plain loop vs Lightning vs ensemble) and interval speed (batched vs scipy), as ratios
 	$(PY) benchmarks/bench_training.py
-	$(PY) benchmarks/stacked_floor.py
 	$(PY) benchmarks/interval_speed.py
 
 gpu-check:          ## models per minute and GPU memory, one at a time vs ensemble, launcher, LiRA-64 projection (< 5 min)

@@ -6,7 +6,9 @@
 * the same loop as the smallest LightningModule and a bare ``Trainer``: Lightning's own per-step cost, the floor
   under any Lightning path that trains one model at a time;
 * mia_bench's Lightning path one model at a time (``train.engine=sequential``);
-* mia_bench's ensemble path (``train.engine=ensemble``): the models of the cell trained together.
+* mia_bench's ensemble path (``train.engine=ensemble``): the models of the cell trained together;
+* for MLP cells, the ceiling of any ensemble: the same models as stacked weight tensors, each on its own batches,
+  stepped by a hand-written loop with nothing else in it (batched products, cross-entropy, backward, foreach Adam).
 
     python benchmarks/bench_training.py [--repeats 2] [--threads N]
 
@@ -101,6 +103,32 @@ def bare_lightning(cfg, splits, masks) -> None:
         trainer.fit(BareModule(model, instantiate(cfg.train.module.optimizer), cfg.dataset.train_augment), loader)
 
 
+def stacked_ceiling(cfg, splits, masks) -> bool:
+    """The cell's models as stacked tensors in a bare loop: what an ensemble costs with no framework, no per-model
+    Python and no vmap. Only for MLPs (Linear and ReLU layers) without augmentation; False where it does not apply."""
+    aug = cfg.dataset.train_augment
+    if cfg.model.get("name") != "mlp" or cfg.model.get("dropout") or aug.crop_padding or aug.hflip:
+        return False
+    built = [model_and_batches(cfg, splits, masks, k) for k in range(cfg.num_models)]
+    layers = [[m for m in model.modules() if isinstance(m, torch.nn.Linear)] for model, _ in built]  # body, head
+    depth = range(len(layers[0]))
+    weights = [torch.stack([ls[i].weight.detach().t() for ls in layers]).requires_grad_() for i in depth]
+    biases = [torch.stack([ls[i].bias.detach()[None] for ls in layers]).requires_grad_() for i in depth]
+    opt = instantiate(cfg.train.module.optimizer)(weights + biases, foreach=True)
+    loaders = [loader for _, loader in built]
+    for _ in range(cfg.train.epochs):
+        for batches in zip(*loaders, strict=True):  # paired masks: every model has as many records
+            h, y = torch.stack([x.flatten(1) for x, _ in batches]), torch.stack([y for _, y in batches])
+            for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+                h = torch.baddbmm(b, h, w)
+                h = h.relu() if i < len(weights) - 1 else h
+            loss = F.cross_entropy(h.flatten(0, 1), y.flatten(), reduction="none").view(len(y), -1).mean(1).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return True
+
+
 def lightning(engine: str):
     def train(cfg, splits, masks) -> None:
         recipe = Recipe.from_config(cfg)
@@ -111,7 +139,8 @@ def lightning(engine: str):
 
 
 SIDES = {"plain loop": plain_loop, "bare Lightning (floor)": bare_lightning,
-         "Lightning, one at a time": lightning("sequential"), "Lightning, ensemble": lightning("ensemble")}
+         "Lightning, one at a time": lightning("sequential"), "Lightning, ensemble": lightning("ensemble"),
+         "stacked, no framework": stacked_ceiling}
 
 
 def main() -> None:
@@ -133,15 +162,15 @@ def main() -> None:
             for _ in range(args.repeats):  # alternate so that machine noise hits every side alike
                 for side, train in SIDES.items():
                     t0 = time.perf_counter()
-                    train(cfg, splits, masks)
-                    best[side] = min(best[side], time.perf_counter() - t0)
+                    applies = train(cfg, splits, masks) is not False
+                    best[side] = min(best[side], time.perf_counter() - t0) if applies else float("nan")
             rows.append((name, best))
     print(f"\nBest of {args.repeats} alternating repeats, {torch.get_num_threads()} torch thread(s); "
           "speed relative to the plain loop (higher is faster)")
     print(f"{'cell':<56}" + "".join(f"{side:>26}" for side in SIDES))
     for name, best in rows:
         base = best["plain loop"]
-        cells = "".join(f"{f'{t:.2f} s ({base / t:.2f}x)':>26}" for t in best.values())
+        cells = "".join(f"{f'{t:.2f} s ({base / t:.2f}x)' if t == t else 'n/a':>26}" for t in best.values())
         print(f"{name:<56}{cells}")
 
 
