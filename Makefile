@@ -22,8 +22,11 @@ bench:              ## training speed (plain loop vs Lightning vs ensemble) and 
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/interval_speed.py
 
-gpu-check:          ## models per minute and GPU memory, one at a time vs ensemble, launcher, LiRA-64 projection (< 5 min)
-	$(PY) benchmarks/gpu_check.py
+# a local CIFAR-10 copy (folder or tarball) adds the real cell; none: the timings on generated data alone
+CIFAR10 ?=
+GPU_BUDGET ?= 450
+gpu-check:          ## models/min and GPU memory (one at a time vs ensemble), launcher, real CIFAR-10 K=64 cell (< 8 min)
+	$(PY) benchmarks/gpu_check.py --budget $(GPU_BUDGET) $(if $(CIFAR10),--cifar10 $(CIFAR10)) --out gpu_check.json
 
 DEFENSES = none,dropout,label_smoothing,weight_decay,early_stopping,mixup,adamixup,mixup_inference,mia_pruning,advreg,mia_pruning_advreg,dpsgd,mid,sam
 TABLE_ATTACKS = attack=[loss,lira_online,rmia]

@@ -573,8 +573,10 @@ def test_config_shape(path):
     if "root" in params:
         assert OmegaConf.to_container(cfg.loader)["root"] == "${data.root}"
         assert OmegaConf.to_container(cfg.loader)["download"] == "${data.download}"
-    if "path" in params:
+    if "path" in params and "root" not in params:  # user data: the path is mandatory
         assert OmegaConf.is_missing(cfg.loader, "path")
+    elif "path" in params:  # a public dataset: a local copy instead of the download
+        assert cfg.loader.path is None
     text = path.read_text()
     for line in text.splitlines():  # every key carries a trailing comment
         assert len(line) <= 120, f"{path.name}: line longer than 120 characters: {line!r}"
@@ -683,3 +685,122 @@ def test_cifar10_local_copy_loads_and_runs_a_cell(tmp_path, monkeypatch, compose
     records = run(cfg, {"dataset": "cifar10"})
     assert {r["attack"] for r in records} == {"loss", "lira_online"}
     assert records[0]["num_queries"] == 10  # flip x {clean, 4 two-pixel shifts}, as the README says
+
+
+# ------------------------------------------------------------------------------------------------------
+# local copies as image trees (the CIFAR-10 JPEG copy's layout), decoded once
+# ------------------------------------------------------------------------------------------------------
+
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _tree_images(per_class: dict[str, int], classes=CIFAR10_NAMES, side: int = 32) -> dict[str, np.ndarray]:
+    """``{'cifar10-jpeg/<split>/<class>/NNNN.png': pixels}``: lossless PNGs, so decoded pixels can be compared."""
+    rng = np.random.default_rng(1)
+    return {f"cifar10-jpeg/{split}/{c}/{i:04d}.png": rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+            for split, n in per_class.items() for c in classes for i in range(n)}
+
+
+def _png(a: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_tree(root: Path, images: dict[str, np.ndarray]) -> Path:
+    for name, a in images.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(_png(a))
+    return root
+
+
+def test_cifar10_from_a_tarball_and_a_folder_decodes_once(tmp_path, monkeypatch):
+    """dataset.loader.path: the same records from the tarball and its extracted folder, in (class, file) order, with
+    the torchvision path's normalisation; the second load reads the kept arrays (decoding is not called again)."""
+    from mia_bench.data import image_tree
+    from mia_bench.data.vision import CIFAR10_NORM
+
+    images = _tree_images({"train": 3, "test": 1})
+    tarball = make_tgz(tmp_path / "copy.tar.gz", {n: _png(a) for n, a in reversed(images.items())})  # any order
+    folder = _write_tree(tmp_path / "extracted", images)
+    raw = load_dataset("cifar10", root=str(tmp_path / "data"), download=False, path=str(tarball))
+    assert raw.train.x.shape == (30, 3, 32, 32) and raw.test.x.shape == (10, 3, 32, 32)
+    assert raw.train.y.tolist() == [c for c in range(10) for _ in range(3)] and raw.meta["classes"] == list(
+        CIFAR10_NAMES)
+    mean, std = CIFAR10_NORM
+    pixel = images["cifar10-jpeg/train/bird/0001.png"][5, 7, 1]  # row 5, column 7, green
+    assert raw.train.x[2 * 3 + 1, 1, 5, 7].item() == pytest.approx((pixel / 255 - mean[1]) / std[1], abs=1e-6)
+    from_folder = load_dataset("cifar10", root=str(tmp_path / "data"), download=False, path=str(folder))
+    assert torch.equal(from_folder.train.x, raw.train.x) and torch.equal(from_folder.test.y, raw.test.y)
+    assert len(list((tmp_path / "data" / "decoded").glob("cifar10-*.npz"))) == 2  # one store per source
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(image_tree, "_decode", no_decoding)
+    again = load_dataset("cifar10", root=str(tmp_path / "data"), download=False, path=str(tarball))
+    assert torch.equal(again.train.x, raw.train.x)
+
+
+def test_a_damaged_decoded_store_is_decoded_again(tmp_path, caplog):
+    """A store whose arrays no longer match their sha256 (or that cannot be read) is never used: decoded again."""
+    folder = _write_tree(tmp_path / "copy", _tree_images({"train": 1, "test": 1}))
+    first = load_dataset("cifar10", root=str(tmp_path / "data"), download=False, path=str(folder))
+    (store,) = (tmp_path / "data" / "decoded").glob("*.npz")
+    with np.load(store) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["x_train"][0, 0, 0, 0] ^= 1  # one bit of one pixel
+    np.savez(store, **arrays)
+    with caplog.at_level("WARNING"):
+        again = load_dataset("cifar10", root=str(tmp_path / "data"), download=False, path=str(folder))
+    assert "damaged" in caplog.text and torch.equal(again.train.x, first.train.x)
+    store.write_bytes(store.read_bytes()[:100])  # truncated
+    assert torch.equal(load_dataset("cifar10", root=str(tmp_path / "data"), download=False,
+                                    path=str(folder)).train.x, first.train.x)
+
+
+def test_a_wrong_or_missing_local_copy_names_the_problem(tmp_path):
+    """Missing path, a folder without train/ and test/, wrong class folders, a truncated tarball, odd image sizes: a
+    DatasetUnavailableError naming the path, what was found and the override."""
+    data = str(tmp_path / "data")
+
+    def refused(path, match):
+        with pytest.raises(DatasetUnavailableError, match=match) as err:
+            load_dataset("cifar10", root=data, download=False, path=str(path))
+        assert str(path) in str(err.value) and "dataset.loader.path=" in str(err.value)
+
+    refused(tmp_path / "nowhere", "does not exist")
+    (tmp_path / "empty").mkdir()
+    refused(tmp_path / "empty", "no train/ and test/")
+    wrong = dict(_tree_images({"train": 1, "test": 1}, classes=("cat", "dog")))
+    refused(_write_tree(tmp_path / "two", wrong), r"class folders are \['cat', 'dog'\]")
+    tarball = make_tgz(tmp_path / "t.tar.gz", {n: _png(a) for n, a in _tree_images({"train": 2, "test": 1}).items()})
+    (tmp_path / "cut.tar.gz").write_bytes(tarball.read_bytes()[: tarball.stat().st_size // 2])
+    refused(tmp_path / "cut.tar.gz", "cannot be read")
+    small = _tree_images({"train": 1, "test": 1}, side=16)
+    refused(_write_tree(tmp_path / "small", small), "16x16x3, expected 32x32x3")
+    no_test = {n: a for n, a in _tree_images({"train": 1, "test": 1}).items() if "/test/" not in n or "/cat/" not in n}
+    refused(_write_tree(tmp_path / "gap", no_test), r"test split has no images of \['cat'\]")
+
+
+def test_stl10_local_copy_keeps_torchvisions_label_order_and_resizes(tmp_path):
+    """STL-10's classes in torchvision's order (car before cat), resized while decoding when image_size is set."""
+    names = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
+    folder = _write_tree(tmp_path / "stl", _tree_images({"train": 1, "test": 1}, classes=names, side=96))
+    raw = load_dataset("stl10", root=str(tmp_path / "data"), download=False, path=str(folder), image_size=32)
+    assert raw.train.x.shape == (10, 3, 32, 32) and raw.meta["classes"] == list(names)
+    assert raw.train.y.tolist() == list(range(10))
+
+
+def test_the_cifar10_config_takes_a_local_copy(tmp_path, compose_cfg):
+    """`dataset=cifar10 dataset.loader.path=...` composes and loads through the pipeline's own data step, with the
+    config's public split carved out as on the torchvision path."""
+    from mia_bench.pipeline import load_data
+
+    folder = _write_tree(tmp_path / "copy", _tree_images({"train": 4, "test": 1}))
+    cfg = compose_cfg(["dataset=cifar10", f"dataset.loader.path={folder}", "dataset.public_size=10"])
+    raw, splits = load_data(cfg.dataset, cfg.seed)
+    assert (len(splits.population), len(splits.public), len(splits.test)) == (30, 10, 10)
+    assert splits.input_shape == (3, 32, 32) and raw.name == "cifar10"

@@ -26,6 +26,9 @@ FASHION_MNIST_NORM = ((0.2860,), (0.3530,))
 CIFAR10_NORM = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_NORM = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 STL10_NORM = ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713))
+# Label order of the local image-tree copies: torchvision's (its CIFAR-100 and STL-10 names are sorted too).
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,23 @@ def _from_torchvision(
     )
 
 
+def _from_image_tree(
+    name: str, path: str, root: str, norm: Norm, classes, shape, image_size: int | None = None
+) -> RawDataset:
+    """Train and test split of a local copy as an image tree (folder or archive; see :mod:`.image_tree`), with the
+    same normalisation as the torchvision path, so the splits, public split and augmentations are the same too."""
+    from mia_bench.data.image_tree import read_image_tree
+
+    tree = read_image_tree(name, path, abs_dir(root) / "decoded", classes, shape, image_size)
+    mean, std = norm
+
+    def arrays(split: str) -> ArrayData:
+        return ArrayData(images_to_float(tree.x[split], mean, std, channels_last=True), as_labels(tree.y[split]))
+
+    return RawDataset(name=name, train=arrays("train"), test=arrays("test"), num_classes=len(tree.classes),
+                      meta=dataset_meta("image", mean, std, classes=tree.classes))
+
+
 @register_dataset("mnist")
 def mnist(root: str, download: bool = True) -> RawDataset:
     """MNIST (60k train / 10k test, ``[N, 1, 28, 28]``) via torchvision, under ``<root>/MNIST/raw``."""
@@ -163,33 +183,45 @@ def fashion_mnist(root: str, download: bool = True) -> RawDataset:
 
 
 @register_dataset("cifar10")
-def cifar10(root: str, download: bool = True) -> RawDataset:
-    """CIFAR-10 (50k train / 10k test, ``[N, 3, 32, 32]``) via torchvision, in
-    ``<root>/cifar-10-batches-py``."""
+def cifar10(root: str, download: bool = True, path: str | None = None) -> RawDataset:
+    """CIFAR-10 (50k train / 10k test, ``[N, 3, 32, 32]``) via torchvision, in ``<root>/cifar-10-batches-py``; or,
+    with ``path``, a local copy as ``train/<class>/*`` and ``test/<class>/*`` image files, a folder or an archive
+    (decoded once, kept under ``<root>/decoded``)."""
     import torchvision.datasets as tvd
 
+    if path is not None:
+        return _from_image_tree("cifar10", path, root, CIFAR10_NORM, CIFAR10_CLASSES, (32, 32, 3))
     return _from_torchvision(
         "cifar10", tvd.CIFAR10, root, download, CIFAR10_NORM, _tarball_layout, channels_last=True
     )
 
 
 @register_dataset("cifar100")
-def cifar100(root: str, download: bool = True) -> RawDataset:
-    """CIFAR-100 (50k / 10k, 100 fine classes) via torchvision, under ``<root>/cifar-100-python``."""
+def cifar100(root: str, download: bool = True, path: str | None = None) -> RawDataset:
+    """CIFAR-100 (50k / 10k, 100 fine classes) via torchvision, under ``<root>/cifar-100-python``; or, with ``path``,
+    a local image-tree copy as for :func:`cifar10` (100 class folders, their sorted names being torchvision's
+    order)."""
     import torchvision.datasets as tvd
 
+    if path is not None:
+        return _from_image_tree("cifar100", path, root, CIFAR100_NORM, 100, (32, 32, 3))
     return _from_torchvision(
         "cifar100", tvd.CIFAR100, root, download, CIFAR100_NORM, _tarball_layout, channels_last=True
     )
 
 
 @register_dataset("stl10")
-def stl10(root: str, download: bool = True, image_size: int = 96) -> RawDataset:
+def stl10(root: str, download: bool = True, image_size: int = 96, path: str | None = None) -> RawDataset:
     """STL-10 labeled splits (5k train / 8k test, ``[N, 3, 96, 96]``; ``image_size`` resizes, antialiased)
     via torchvision, under ``<root>/stl10_binary``. The unlabeled split is not used (but is part of the
-    archive torchvision verifies)."""
+    archive torchvision verifies). With ``path``: a local image-tree copy of the labeled splits, as for
+    :func:`cifar10` (resized bilinearly while decoding when ``image_size`` is not 96)."""
     import torchvision.datasets as tvd
 
+    if path is not None:
+        side = 96 if image_size in (None, 96) else int(image_size)
+        return _from_image_tree("stl10", path, root, STL10_NORM, STL10_CLASSES, (side, side, 3),
+                                None if side == 96 else side)
     return _from_torchvision(
         "stl10",
         tvd.STL10,
