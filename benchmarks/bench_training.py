@@ -33,6 +33,7 @@ from mia_bench.augment import random_crop_flip
 from mia_bench.config import compose
 from mia_bench.data.splits import make_masks, model_seed
 from mia_bench.pipeline import load_data
+from mia_bench.training.cuda_probe import keep_cuda_probe_cheap
 from mia_bench.training.loader import TensorBatchLoader
 from mia_bench.training.train import Recipe, build_module, train_models
 
@@ -150,6 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("mia_bench").setLevel(logging.WARNING)
+    keep_cuda_probe_cheap()  # every side with the cheap probe, not only the ones that go through train_models
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in CELLS.items():

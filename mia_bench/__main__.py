@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 
 from mia_bench.atomic import WriteError
 from mia_bench.cache.store import ShardNotStored
-from mia_bench.config import CONFIG_DIR, CONFIG_NAME, normalize_overrides
+from mia_bench.config import CONFIG_DIR, CONFIG_NAME, normalize_overrides, register
 from mia_bench.errors import DatasetUnavailableError
 from mia_bench.gpu_pool import job_device
 
@@ -142,8 +142,9 @@ def run_job(cfg: DictConfig, choices: dict[str, str], hydra_cfg: DictConfig | No
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from mia_bench.loggers import logger_kind
-    from mia_bench.pipeline import RunState, check_config, run
+    from mia_bench.pipeline import RunState, run
     from mia_bench.report.wandb_run import finish_failed, start_run
+    from mia_bench.validation import check_config
 
     state = RunState(on_stage=raise_if_signalled)
     PROGRESS["started"] += 1
@@ -212,6 +213,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    register()  # the resolvers and attack bundles the config tree uses (multirun workers get copies from here)
     sys.argv = [sys.argv[0], *normalize_overrides(sys.argv[1:])]
     try:
         with signals_interrupt():  # outside a job too: Hydra's set-up and tear-down, between multirun jobs

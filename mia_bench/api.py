@@ -69,7 +69,7 @@ def score(
     ``evaluation.targets`` (``auto`` = the first min(8, K) models). ``delta`` of the epsilon lower bound: default
     1/n rounded down to a power of ten, n = records per model. Returns the evaluation: ``records`` (one dict per
     attack, as in metrics.json), ``per_target``, ``scores`` (attack -> ``[T, N]``), ``labels``, ``rocs``."""
-    from mia_bench.pipeline import resolve_targets
+    from mia_bench.attacks.evaluate import resolve_targets
 
     if isinstance(logits, Signals):
         if labels is not None or masks is not None:
@@ -96,16 +96,19 @@ def _default_output_dir(suffix: str = "") -> Path:
 def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> list[dict]:
     """Run one cell as ``python -m mia_bench <overrides>`` would (same config, cache and outputs) and return its
     metrics records. ``output_dir``: where its files go (default ``outputs/<date>/<time>_<pid>``, as the CLI)."""
+    from omegaconf import open_dict
+
     from mia_bench.config import compose
     from mia_bench.pipeline import run as run_cell
 
     if output_dir is None:
         output_dir = _default_output_dir()
-    overrides = [*overrides, f"paths.output_dir={Path(output_dir).absolute()}"]
-    full = compose(overrides, return_hydra_config=True)
-    choices = {k: (str(v) if v is not None else None) for k, v in full.hydra.runtime.choices.items()
+    cfg = compose([*overrides, f"paths.output_dir={Path(output_dir).absolute()}"], return_hydra_config=True)
+    choices = {k: (str(v) if v is not None else None) for k, v in cfg.hydra.runtime.choices.items()
                if not k.startswith("hydra")}
-    return run_cell(compose(overrides), choices)
+    with open_dict(cfg):
+        del cfg["hydra"]  # what the command line's job sees: its config without Hydra's own node
+    return run_cell(cfg, choices)
 
 
 @dataclass
@@ -194,17 +197,28 @@ def audit(
     offline LiRA and RMIA need. The target is then scored with every attack against all the reference models.
     ``members`` (bool ``[N]``, optional): the target's true membership, when known, for metrics (AUC, TPR at low
     FPR, epsilon lower bound, ...; the calibration shadow is reference model 0). Without it, the result holds the
-    scores only: a ranking of the records by how likely they were trained on. ``output_dir``: where the reference
-    models' training logs go (default ``outputs/<date>/<time>_<pid>_audit``)."""
+    scores only: a ranking of the records by how likely they were trained on. It runs through the command line's
+    stages: the config is validated and the reference set-up checked before anything trains, the reference models
+    and their signals are cached, ``cpu_threads`` applies. ``output_dir`` (default
+    ``outputs/<date>/<time>_<pid>_audit``) receives ``config.yaml``, ``signals.npz``, ``scores.npz`` and, with
+    ``members``, ``metrics.json`` and ``per_target.json``, and the reference models' training logs."""
+    from mia_bench.config import compose
+    from mia_bench.pipeline import audit_model
+
+    records, members = _audit_records(x, y, members, num_reference)
+    if output_dir is None:
+        output_dir = _default_output_dir("_audit")
+    cfg = compose([*overrides, f"num_models={num_reference}", f"seed={seed}", f"evaluation.n_bootstrap={n_bootstrap}",
+                   f"paths.output_dir={Path(output_dir).absolute()}"])
+    found = audit_model(cfg, target, records, members, _attacks(attacks))
+    return AuditResult(found.scores, found.signals, found.records, found.per_target)
+
+
+def _audit_records(x, y, members, num_reference: int):
+    """The audit's records as tensors and its membership as a bool array, or a ValueError naming what is wrong."""
     import torch
 
-    from mia_bench.cache.keys import describe_recipe
-    from mia_bench.cache.models import open_cache
-    from mia_bench.config import compose
     from mia_bench.data.base import ArrayData
-    from mia_bench.data.splits import Splits, make_masks
-    from mia_bench.training.query import collect_logits
-    from mia_bench.training.train import Recipe, train_models
 
     x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     y = torch.as_tensor(np.asarray(y), dtype=torch.int64)
@@ -216,38 +230,6 @@ def audit(
         members = np.asarray(members, dtype=bool)
         if members.shape != (x.shape[0],):
             raise ValueError(f"members has shape {members.shape}; expected ({x.shape[0]},), one flag per record")
-    if output_dir is None:
-        output_dir = _default_output_dir("_audit")
-    cfg = compose([*overrides, f"num_models={num_reference}", f"seed={seed}",
-                   f"paths.output_dir={Path(output_dir).absolute()}"])
-    num_classes = int(y.max()) + 1
-    records = ArrayData(x, y)
-    splits = Splits(population=records, test=records.subset(torch.arange(0)), public=None, num_classes=num_classes,
-                    input_shape=tuple(x.shape[1:]), name="audit")
-    masks = make_masks(len(records), num_reference, "paired", seed)
-    cache = open_cache(cfg.get("cache"), describe_recipe(cfg, {}), population=records, audit=records,
-                       test=splits.test, public=None)
-    trained = train_models(Recipe.from_config(cfg), splits, masks, cache=cache)
-    ref_logits = [collect_logits(m.module.predict_logits, x) for m in trained]
-    target.eval()
-    device = next(iter(target.parameters()), torch.empty(0)).device
-
-    @torch.no_grad()
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        return target(batch.to(device))
-
-    target_logits = collect_logits(forward, x, device=device)
-    if target_logits.shape[-1] != num_classes:
-        raise ValueError(f"the target outputs {target_logits.shape[-1]} logits but y has {num_classes} classes")
-    signals = Signals(logits=np.stack([*ref_logits, target_logits]), labels=y.numpy(),
-                      masks=np.vstack([masks, members if members is not None else np.zeros(len(records), bool)]))
-    chosen = _attacks(attacks)
-    k = num_reference
-    if members is not None:
         if members.all() or not members.any():
             raise ValueError("members must hold both members and non-members for metrics (or pass None)")
-        result = evaluate(signals, chosen, [k], n_bootstrap=n_bootstrap, seed=seed,
-                          delta=default_delta(max(1, int(members.sum()))))
-        return AuditResult({a: s[0] for a, s in result.scores.items()}, signals, result.records, result.per_target)
-    scores = {name: np.asarray(a.score(signals, k, np.arange(k)), dtype=np.float64) for name, a in chosen.items()}
-    return AuditResult(scores, signals)
+    return ArrayData(x, y), members

@@ -9,14 +9,21 @@ than kept by hand beside them:
   Users know both spellings from other Hydra tools (``python -m mia_bench +defense=adamixup +dataset=cifar10``),
   so ``+group=x`` is rewritten to ``group=x`` for every group of the primary config's defaults list and of
   Hydra's own (``hydra/launcher``, ``hydra/sweeper``, ...);
-* the attack bundles ``all`` and ``fast``: every ``attack/<name>.yaml`` that defines one attack, registered in
-  Hydra's ConfigStore when this module is imported, so a new attack needs only its class and its YAML.
+* the attack bundles ``all`` and ``fast``: every ``attack/<name>.yaml`` that defines one attack, stored in
+  Hydra's ConfigStore by :func:`register`, so a new attack needs only its class and its YAML.
+
+Nothing is registered on import: :func:`register` (the resolvers and those bundles) is called by :func:`compose`
+and by the command line before Hydra composes; call it yourself before composing the tree with Hydra's own API
+(``hydra.initialize_config_module("mia_bench.conf")``, ``@hydra.main``). Multirun jobs get both from the
+launching process: Hydra's joblib and submitit launchers hand every job the launcher's resolvers and ConfigStore.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -68,28 +75,101 @@ def normalize_overrides(overrides: Iterable[str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ attacks
+# How the files of conf/attack say what they are: by their package header, the ``# @package`` first line where
+# Hydra itself reads where a file's content goes. A single attack puts its node at ``attack.<its name>``
+# (``# @package attack.lira_online``); a bundle fills the whole group (``# @package attack``) with the attacks its
+# defaults list names. Why the header and not a key or a sub-folder: a bundle's content *is* cfg.attack, so any
+# key it carried would turn up there as one more "attack", and a sub-folder would rename the option
+# (attack=lira -> attack=bundles/lira). Why attacks carry the header rather than a top-level key named like the
+# file: a header-placed node can be reused under another name, so a variant is the file it starts from plus the
+# keys it changes (``defaults: [lira_online@_here_, _self_]`` then ``online: false``), as in lira_offline.yaml.
+ATTACK_GROUP = "attack"
+_HEADER_LINE = re.compile(r"^\s*#\s*@")
+
+
+def _package_header(path: Path) -> str | None:
+    """The package of a config file's ``# @package <package>`` header line, None without one. Hydra reads the
+    header from the file's first non-empty lines, up to the first that is not a ``# @key value`` line."""
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        if not _HEADER_LINE.match(line):
+            return None
+        words = line.strip().lstrip("#").split()
+        if len(words) == 2 and words[0] == "@package":
+            return words[1]
+    return None
+
+
+def _is_keyed_attack(path: Path) -> bool:
+    """The older single-attack form, still read: no header, one top-level key named like the file, a
+    ``_target_`` under it and no defaults list."""
+    node = OmegaConf.load(path)
+    return (isinstance(node, DictConfig) and list(node) == [path.stem] and isinstance(node[path.stem], DictConfig)
+            and "_target_" in node[path.stem])
+
+
+def attack_names(config_dir: Path = CONFIG_DIR) -> list[str]:
+    """The single attacks of the ``attack`` group, by name: its files with the header ``# @package
+    attack.<file name>`` (or the older keyed form, see :func:`_is_keyed_attack`). Bundles (``# @package attack``)
+    are not attacks; a file that is neither is an error, so that no attack silently misses ``attack=all``."""
+    names = []
+    for path in sorted((Path(config_dir) / ATTACK_GROUP).glob("*.yaml")):
+        header = _package_header(path)
+        if header == f"{ATTACK_GROUP}.{path.stem}" or (header is None and _is_keyed_attack(path)):
+            names.append(path.stem)
+        elif header != ATTACK_GROUP:
+            raise ValueError(
+                f"{path}: begin it with '# @package {ATTACK_GROUP}.{path.stem}' (one attack) or "
+                f"'# @package {ATTACK_GROUP}' (a bundle of attacks named in its defaults list)")
+    return names
+
+
 def attack_configs(config_dir: Path = CONFIG_DIR) -> dict[str, DictConfig]:
-    """Every single-attack file of the ``attack`` group: name -> its node (``_target_`` and arguments), by name.
-
-    A single-attack file holds one top-level key named like the file with a ``_target_``; bundles (files with a
-    ``defaults`` list, such as ``lira`` and ``threshold``) are not attacks themselves."""
-    out = {}
-    for path in sorted((config_dir / "attack").glob("*.yaml")):
-        node = OmegaConf.load(path)
-        if isinstance(node, DictConfig) and "defaults" not in node and list(node) == [path.stem]:
-            if isinstance(node[path.stem], DictConfig) and "_target_" in node[path.stem]:
-                out[path.stem] = node[path.stem]
-    return out
+    """Every single attack of the ``attack`` group: name -> its node (``_target_`` and arguments) as
+    ``attack=<name>`` composes it, a variant merged with the file it starts from; by name."""
+    folder = Path(config_dir).resolve() / ATTACK_GROUP
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.glob("*.yaml")))
+    return {name: copy.deepcopy(node) for name, node in _composed_attacks(folder.parent, stamp).items()}
 
 
-def register_bundles(config_dir: Path = CONFIG_DIR) -> None:
-    """Register the attack bundles of :data:`BUNDLES` in Hydra's ConfigStore (``attack=all``, ``attack=fast``)."""
+@lru_cache(maxsize=8)
+def _composed_attacks(config_dir: Path, stamp: tuple) -> dict[str, DictConfig]:
+    """:func:`attack_configs` of one state of the attack files (``stamp``: their names, times and sizes)."""
+    names = attack_names(config_dir)
+    if not names:
+        return {}
+    node = compose([f"{ATTACK_GROUP}=[{','.join(names)}]"], config_dir=config_dir)[ATTACK_GROUP]
+    return {name: node[name] for name in names}
+
+
+def _store_bundles(config_dir: Path = CONFIG_DIR) -> None:
+    """Store the attack bundles of :data:`BUNDLES` in Hydra's ConfigStore (``attack=all``, ``attack=fast``)."""
     from hydra.core.config_store import ConfigStore
 
-    names = list(attack_configs(config_dir))
+    names = attack_names(config_dir)
     for bundle, (_, left_out) in BUNDLES.items():
         members = [n for n in names if n not in left_out]
-        ConfigStore.instance().store(group="attack", name=bundle, node={"defaults": [*members, "_self_"]})
+        ConfigStore.instance().store(group=ATTACK_GROUP, name=bundle, node={"defaults": [*members, "_self_"]})
+
+
+def _stored_bundles() -> dict[str, Any]:
+    """The ConfigStore's entries for the bundles of :data:`BUNDLES` (None where absent), to put back later."""
+    from hydra.core.config_store import ConfigStore
+
+    group = ConfigStore.instance().repo.get(ATTACK_GROUP, {})
+    return {f"{b}.yaml": group.get(f"{b}.yaml") for b in BUNDLES}
+
+
+def _restore_bundles(saved: dict[str, Any]) -> None:
+    from hydra.core.config_store import ConfigStore
+
+    group = ConfigStore.instance().repo.setdefault(ATTACK_GROUP, {})
+    for key, node in saved.items():
+        if node is None:
+            group.pop(key, None)
+        else:
+            group[key] = node
 
 
 # ------------------------------------------------------------------------------------------------ resolvers
@@ -106,7 +186,7 @@ def short_dirname(overrides: str, limit: int = DIRNAME_LIMIT) -> str:
     return f"{text[: limit - 9]}~{hashlib.sha1(overrides.encode()).hexdigest()[:8]}"
 
 
-def register_resolvers() -> None:
+def _register_resolvers() -> None:
     """The resolvers the config tree uses: ``${mia_bench.gpu_count:}``, ``${mia_bench.gpu_jobs:<per GPU>}`` (the
     ``gpus`` launcher), ``${mia_bench.pid:}`` (run folders: two runs started in the same second get distinct ones),
     ``${mia_bench.dirname:<overrides>}`` (multirun job folders) and ``${mia_bench.anchor:<path>}`` (data and cache
@@ -126,6 +206,14 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn, use_cache=name == "mia_bench.pid")
 
 
+def register(config_dir: Path = CONFIG_DIR) -> None:
+    """Register what the config tree needs before Hydra composes or resolves it: the ``${mia_bench.*}`` resolvers
+    and the attack bundles ``all`` and ``fast`` of ``config_dir``'s attack files. Idempotent: call it as often as
+    you like (the bundles are stored again, from the files as they are now)."""
+    _register_resolvers()
+    _store_bundles(config_dir)
+
+
 def build_attack(name: str, **overrides):
     """An attack by its config name, with its config file's arguments and ``overrides``, e.g.
     ``build_attack("lira_offline", estimator="mean")``."""
@@ -142,23 +230,22 @@ def compose(
     overrides: Sequence[str] = (), *, return_hydra_config: bool = False, config_dir: Path = CONFIG_DIR
 ) -> DictConfig:
     """The config ``python -m mia_bench <overrides>`` would run, composed from Python (both ``+group=x`` and
-    ``group=x`` spellings). Leaves Hydra's global state as it found it (safe inside a running Hydra app).
+    ``group=x`` spellings). Calls :func:`register` for ``config_dir`` first, and leaves Hydra's global state (its
+    ConfigStore's bundles included) as it found it, safe inside a running Hydra app; the resolvers stay registered.
     ``config_dir``: another config tree of the same shape (e.g. a copy with your own attack files)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
-    backup = get_gh_backup()
+    backup, bundles = get_gh_backup(), _stored_bundles()
+    register(config_dir)
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(Path(config_dir).absolute()), version_base="1.3"):
             return hydra_compose(
                 CONFIG_NAME, overrides=normalize_overrides(overrides), return_hydra_config=return_hydra_config
             )
     finally:
         restore_gh_from_backup(backup)
-
-
-register_bundles()
-register_resolvers()
+        _restore_bundles(bundles)

@@ -12,9 +12,8 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,10 +24,11 @@ from mia_bench import __version__, progress
 from mia_bench.analyses import Analysis, RunInfo, build_analyses
 from mia_bench.atomic import atomic_write_text, atomic_writer, make_dir, write_json
 from mia_bench.attacks.base import Attack
-from mia_bench.attacks.evaluate import CI_METHODS, EvaluationResult, evaluate, plan_references
+from mia_bench.attacks.evaluate import EvaluationResult, evaluate, plan_references, resolve_targets
 from mia_bench.augment import query_offsets
 from mia_bench.cache.keys import describe_recipe
 from mia_bench.cache.models import ModelCache, open_cache
+from mia_bench.cache.signals import cached_signals
 from mia_bench.cache.store import ShardNotStored
 from mia_bench.data.base import ArrayData, RawDataset, check_finite
 from mia_bench.data.splits import Splits, make_splits, membership
@@ -47,6 +47,7 @@ from mia_bench.report.outputs import (
 from mia_bench.signals import Signals
 from mia_bench.training.query import accuracy, collect_logits
 from mia_bench.training.train import Recipe, TrainedModel, shard_indices, train_models
+from mia_bench.validation import check_config
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,11 @@ class RunState:
     cache_opened: bool = False  # the cache is opened once the data is loaded (its keys need the data)
     on_stage: Callable[[], None] | None = None  # called as each stage begins (the command line checks for signals)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "stage" and getattr(self, "on_stage", None) is not None:
+    def enter(self, stage: str) -> None:
+        """Begin ``stage``, after ``on_stage`` (which may raise: a signal that arrived in the stage before)."""
+        if self.on_stage is not None:
             self.on_stage()
-        super().__setattr__(name, value)
+        self.stage = stage
 
     def kept(self) -> str:
         if not self.cache_opened:
@@ -92,9 +94,31 @@ def _ranges(ks: list[int]) -> str:
 def run(cfg: DictConfig, choices: dict[str, str] | None = None, state: RunState | None = None) -> list[dict]:
     """Run one cell and write its outputs to ``cfg.paths.output_dir``; returns the metrics records. ``state``
     follows the run (its stage and cache), for the command line's message when it is interrupted."""
-    with claim_output_dir(make_dir(cfg.paths.output_dir)) as out, progress.cell_progress(
-            cfg.get("num_models"), len(cfg.get("attack") or {}), bool(cfg.get("progress", True))):
+    with cell_scope(cfg, len(cfg.get("attack") or {})) as out:
         return run_cell(cfg, dict(choices or {}), state if state is not None else RunState(), out)
+
+
+@contextmanager
+def cell_scope(cfg: DictConfig, num_attacks: int) -> Iterator[Path]:
+    """What every cell runs inside, a run or an audit: its own output folder, the progress display, and torch's
+    thread count (``cpu_threads``) for the cell only, restored for a Python caller afterwards."""
+    with claim_output_dir(make_dir(cfg.paths.output_dir)) as out, progress.cell_progress(
+            cfg.get("num_models"), num_attacks, bool(cfg.get("progress", True))), torch_threads(cfg.get("cpu_threads")):
+        yield out
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the block (None: left as they are)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:  # check_config names a bad value
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextmanager
@@ -118,83 +142,192 @@ def claim_output_dir(out: Path) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
-def run_cell(cfg: DictConfig, choices: dict[str, str], state: RunState, out: Path) -> list[dict]:
-    t_start = time.perf_counter()
+@dataclass
+class CellPlan:
+    """What a cell computes besides its models, built from the config before anything loads: a bad attack, target,
+    shard or analysis fails in seconds, not after training."""
+
+    attacks: dict[str, Attack]
+    targets: list[int]
+    shard: list[int] | None  # the models a shard job trains, None for a whole cell
+    analyses: dict[str, Analysis]
+
+
+def plan_cell(cfg: DictConfig, attacks: dict[str, Attack] | None = None) -> CellPlan:
+    """Validate the config and build the cell's attacks (``attacks``: given by a Python caller instead of
+    ``cfg.attack``), targets, shard and analyses."""
     check_config(cfg)
-    state.num_models = int(cfg.num_models)
-    if cfg.get("cpu_threads"):
-        torch.set_num_threads(int(cfg.cpu_threads))
-    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-
-    # Fail on a bad attack, target, shard or analysis now, not after training.
-    attacks = build_attacks(cfg.attack)
-    targets = resolve_targets(cfg.evaluation.targets, cfg.num_models)
     cache_on = bool((cfg.get("cache") or {}).get("enabled", False))
-    shard = shard_indices(cfg.get("shard"), cfg.num_models, cache_on)  # a shard job trains its share, then stops
-    analyses = build_analyses(cfg.get("analysis"))
+    return CellPlan(attacks=attacks if attacks is not None else build_attacks(cfg.attack),
+                    targets=resolve_targets(cfg.evaluation.targets, cfg.num_models),
+                    shard=shard_indices(cfg.get("shard"), cfg.num_models, cache_on),
+                    analyses=build_analyses(cfg.get("analysis")))
 
-    # 1. Data: population (membership is defined over it), test (utility), public (defenses' own data).
-    state.stage = "loading the data"
+
+@dataclass
+class CellData:
+    """The records of a cell and which model trains on which."""
+
+    splits: Splits  # population: the records the models train on (under the null test, half of the population)
+    audit: ArrayData  # the records the attacks score
+    train_masks: np.ndarray  # [K, len(splits.population)]: model k trains on the records of row k
+    audit_masks: np.ndarray  # [K, len(audit)]: the ground truth of the scored records
+    queries: list  # the attacker's query augmentations, the clean query first
+
+
+def cell_data(cfg: DictConfig, plan: CellPlan) -> CellData:
+    """The dataset's splits, the membership masks (the null test scores records no model saw) and the queries."""
     raw, splits = load_data(cfg.dataset, cfg.seed)
-    # 2. Masks: which records each of the K models trains on; the null test scores records no model saw.
     train_pool, audit, train_masks, audit_masks = membership(
         splits.population, cfg.num_models, cfg.membership.scheme, cfg.membership.seed, cfg.evaluation.null_test)
-    plan_references(audit_masks, attacks, targets)  # an attack that would get no reference models fails now
-    splits.population = train_pool
+    plan_references(audit_masks, plan.attacks, plan.targets)  # an attack that would get no reference models fails now
     queries = attacker_queries(raw, cfg.dataset.get("query_augment"))
-    info = RunInfo(cfg.num_models, cfg.train.epochs, cfg.seed, cfg.model, cfg.evaluation.null_test, audit, queries)
-    for analysis in analyses.values():
-        analysis.setup(info)
     log.info("%s: %d population records (%d scored), %d test records, %d classes, K=%d models", splits.name,
              len(train_pool), len(audit), len(splits.test), splits.num_classes, cfg.num_models)
+    return CellData(replace(splits, population=train_pool), audit, train_masks, audit_masks, queries)
 
-    # 3. Train all K models with the same recipe. Models are cached under a hash of everything that determines
-    # them (what analyses record while training included): stored ones are loaded, not retrained.
-    recorded = {name: r for name, a in analyses.items() if (r := a.recorded()) is not None}
-    cache = open_cache(cfg.get("cache"), describe_recipe(cfg, recorded), population=train_pool, audit=audit,
-                       test=splits.test, public=splits.public)
-    state.stage, state.cache, state.cache_opened = "training", cache, True
-    trained = train_models(Recipe.from_config(cfg), splits, train_masks, shard, callbacks_for(analyses), cache)
+
+def train_cell(cfg: DictConfig, data: CellData, plan: CellPlan, state: RunState) -> list[TrainedModel]:
+    """All K models with the same recipe, cached under a hash of everything that determines them (what analyses
+    record while training included): stored ones are loaded, not retrained."""
+    recorded = {name: r for name, a in plan.analyses.items() if (r := a.recorded()) is not None}
+    cache = open_cache(cfg.get("cache"), describe_recipe(cfg, recorded), population=data.splits.population,
+                       audit=data.audit, test=data.splits.test, public=data.splits.public)
+    state.enter("training")
+    state.cache, state.cache_opened = cache, True
+    return train_models(Recipe.from_config(cfg), data.splits, data.train_masks, plan.shard,
+                        callbacks_for(plan.analyses), cache)
+
+
+def attack_cell(node: DictConfig, signals: Signals, plan: CellPlan, targets: list[int], seed: int,
+                delta: float) -> EvaluationResult:
+    """Every attack against every target, with the ``evaluation`` node's intervals."""
+    return evaluate(signals, plan.attacks, targets, n_bootstrap=node.n_bootstrap, confidence=node.confidence,
+                    seed=seed, ci_method=node.ci_method, delta=delta)
+
+
+def run_cell(cfg: DictConfig, choices: dict[str, str], state: RunState, out: Path) -> list[dict]:
+    """The cell's stages in order, each one call; ``out``: its output folder, held by the caller."""
+    t_start = time.perf_counter()
+    plan = plan_cell(cfg)
+    state.num_models = int(cfg.num_models)
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    # 1-2. Data (population, test, public) and masks: which records each of the K models trains on.
+    state.enter("loading the data")
+    data = cell_data(cfg, plan)
+    for analysis in plan.analyses.values():  # checks that depend on the data fail now, not after training
+        analysis.setup(RunInfo(cfg.num_models, cfg.train.epochs, cfg.seed, cfg.model, cfg.evaluation.null_test,
+                               data.audit, data.queries))
+
+    # 3. Train all K models with the same recipe (or load them from the cache).
+    trained = train_cell(cfg, data, plan, state)
     t_trained = time.perf_counter()
-    if shard is not None:  # the attack stage (shard.count=1) loads every model from the cache
-        return finish_shard(cfg, trained, out, t_start, cache)
+    if plan.shard is not None:  # the attack stage (shard.count=1) loads every model from the cache
+        return finish_shard(cfg, trained, out, t_start, state.cache)
 
     # 4. Signals: every model on every scored record under every query augmentation, through its predict path;
     # cached with the models' accuracies, so a run that changes only the attack neither trains nor queries.
-    state.stage = "querying the models"
-    signals, test_acc, train_acc = query_models(cfg.signals, trained, splits, audit, audit_masks, train_masks,
-                                                queries, cache)
-    signals.save(out / "signals.npz")
-    with atomic_writer(out / "masks.npy") as f:
-        np.save(f, audit_masks)
+    state.enter("querying the models")
+    signals, test_acc, train_acc = query_models(cfg.signals, trained, data, state.cache)
+    write_signals(out, signals, data.audit_masks)
 
     # 5-6. Attacks over the signals, metrics over target models (with an empirical epsilon at the run's delta).
-    ev = cfg.evaluation
-    state.stage = "attacking"
+    state.enter("attacking")
     utility = utility_metrics(trained, test_acc, train_acc)
-    delta = run_delta(ev.delta, utility, train_masks)
-    result = evaluate(signals, attacks, targets, n_bootstrap=ev.n_bootstrap, confidence=ev.confidence, seed=cfg.seed,
-                      ci_method=ev.ci_method, delta=delta)
+    result = attack_cell(cfg.evaluation, signals, plan, plan.targets, cfg.seed,
+                         run_delta(cfg.evaluation.delta, utility, data.train_masks))
 
     # 7. Analyses across training (+analysis=...): their own files, summary figures into metrics.json.
-    summary, state.stage = {}, "analysing"
-    for analysis in analyses.values():
-        summary.update(analysis.run(trained, signals, audit_masks, out))
+    summary = {}
+    state.enter("analysing")
+    for analysis in plan.analyses.values():
+        summary.update(analysis.run(trained, signals, data.audit_masks, out))
 
-    # 8. Outputs: metrics.json (one flat record per attack with the cell's context), per-target metrics, per-record
-    # scores, ROC, most exposed records, table, W&B.
-    notes = training_notes(trained, splits.num_classes)
-    context = cell_context(cfg, choices, splits.name, len(queries), utility, round(t_trained - t_start, 2))
+    # 8. Outputs: metrics.json (a flat record per attack), per-target metrics, scores, ROC, exposed records, W&B.
+    context = cell_context(cfg, choices, data.splits.name, len(data.queries), utility, round(t_trained - t_start, 2))
     context.update(models_from_cache=sum(m.from_cache for m in trained), **summary)
-    if notes:
+    if notes := training_notes(trained, data.splits.num_classes):
         context["warnings"] = "; ".join(notes)
     records = [{**context, **rec} for rec in result.records]
-    state.stage = "writing the outputs"
+    state.enter("writing the outputs")
     kind = logger_kind(cfg.get("logger"))
-    write_outputs(out, records, result, audit, choices, wandb=kind == "wandb", tensorboard=kind == "tensorboard",
+    write_outputs(out, records, result, data.audit, choices, wandb=kind == "wandb", tensorboard=kind == "tensorboard",
                   figures=bool(cfg.get("figures", True)))
     log.info("wrote %s (%.1fs total)", out, time.perf_counter() - t_start)
     return records
+
+
+@dataclass
+class AuditOutcome:
+    """What :func:`audit_model` found (see ``mia_bench.audit``)."""
+
+    scores: dict[str, np.ndarray]  # attack -> [N] scores of the target
+    signals: Signals  # the reference models first, the target last
+    records: list[dict] = field(default_factory=list)  # metrics per attack, when membership is known
+    per_target: list[dict] = field(default_factory=list)
+
+
+def audit_model(cfg: DictConfig, target: torch.nn.Module, records: ArrayData, members: np.ndarray | None,
+                attacks: dict[str, Attack]) -> AuditOutcome:
+    """Audit a model trained elsewhere through the same stages as a cell: the config validated, reference models
+    (``num_models`` of them, on paired halves of ``records``) trained or loaded from the cache with the progress
+    display, their signals cached, the target queried, the attacks run, the results written to
+    ``cfg.paths.output_dir``. ``members``: the target's membership of ``records`` for metrics, or None (scores
+    only)."""
+    with cell_scope(cfg, len(attacks)) as out:
+        plan = plan_cell(cfg, attacks)
+        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        k, num_classes = int(cfg.num_models), int(records.y.max()) + 1
+        _, _, masks, _ = membership(records, k, cfg.membership.scheme, cfg.membership.seed)
+        truth = members if members is not None else np.zeros(len(records), bool)
+        if members is not None:  # the target is model k, scored against the K reference models; fails before training
+            plan_references(np.vstack([masks, truth]), attacks, [k])
+        splits = Splits(population=records, test=records.subset(torch.arange(0)), public=None,
+                        num_classes=num_classes, input_shape=tuple(records.x.shape[1:]), name="audit")
+        data = CellData(splits, records, masks, masks, [query_offsets()[0]])
+        state = RunState()
+        trained = train_cell(cfg, data, plan, state)
+        references, _, _ = query_models(cfg.signals, trained, data, state.cache)
+        target_logits = query_target(target, records.x, num_classes).astype(references.logits.dtype)
+        signals = Signals(logits=np.concatenate([references.logits, target_logits[None]]), labels=records.y.numpy(),
+                          masks=np.vstack([masks, truth]))
+        signals.save(out / "signals.npz")
+        if members is None:
+            scores = {name: np.asarray(a.score(signals, k, np.arange(k)), dtype=np.float64)
+                      for name, a in attacks.items()}
+            with atomic_writer(out / "scores.npz") as f:
+                np.savez(f, **{f"scores/{name}": s for name, s in scores.items()})
+            return AuditOutcome(scores, signals)
+        ev = cfg.evaluation
+        delta = default_delta(max(1, int(members.sum()))) if ev.delta == "auto" else float(ev.delta)
+        result = attack_cell(ev, signals, plan, [k], cfg.seed, delta)
+        write_json(out / "per_target.json", result.per_target)
+        save_scores(result, records.y.numpy(), out / "scores.npz")
+        write_json(out / "metrics.json", result.records)  # last: a folder with metrics.json is a finished one
+        return AuditOutcome({a: s[0] for a, s in result.scores.items()}, signals, result.records, result.per_target)
+
+
+def query_target(target: torch.nn.Module, x: torch.Tensor, num_classes: int) -> np.ndarray:
+    """``[N, 1, C]`` logits of a model trained elsewhere, in eval mode, on its own device."""
+    target.eval()
+    device = next(iter(target.parameters()), torch.empty(0)).device
+
+    @torch.no_grad()
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        return target(batch.to(device))
+
+    logits = collect_logits(forward, x, device=device)
+    if logits.shape[-1] != num_classes:
+        raise ValueError(f"the target outputs {logits.shape[-1]} logits but y has {num_classes} classes")
+    return logits
+
+
+def write_signals(out: Path, signals: Signals, masks: np.ndarray) -> None:
+    """The signals and the scored records' masks, so attacks can be rerun on a finished run without its models."""
+    signals.save(out / "signals.npz")
+    with atomic_writer(out / "masks.npy") as f:
+        np.save(f, masks)
 
 
 def build_attacks(node: DictConfig | None) -> dict[str, Attack]:
@@ -285,59 +418,26 @@ def callbacks_for(analyses: dict[str, Analysis]):
 
 
 def query_models(
-    node: DictConfig,
-    trained: list[TrainedModel],
-    splits: Splits,
-    audit: ArrayData,
-    audit_masks: np.ndarray,
-    train_masks: np.ndarray,
-    queries: list,
-    cache: ModelCache | None,
+    node: DictConfig, trained: list[TrainedModel], data: CellData, cache: ModelCache | None
 ) -> tuple[Signals, np.ndarray, np.ndarray]:
     """The signals (every model on every scored record under every query) and each model's test and train
     accuracy through its predict path; from the cache when these models' signals are stored. ``node``: the
     ``signals`` config (dtype, batch_size)."""
-    dtype = np.dtype(node.dtype)
-    key = cache.signals_key([m.key for m in trained], audit, audit_masks, queries, dtype) if cache else None
-    hit = cached_signals(cache, key, len(trained), audit, audit_masks, len(queries)) if cache else None
+    dtype, audit = np.dtype(node.dtype), data.audit
+    key = cache.signals_key([m.key for m in trained], audit, data.audit_masks, data.queries, dtype) if cache else None
+    hit = cached_signals(cache, key, len(trained), audit.y.numpy(), data.audit_masks, len(data.queries)) \
+        if cache else None
     if hit is not None:
         log.info("signals and utility of the %d models loaded from the cache", len(trained))
         return hit
-    logits = np.stack([_queried(collect_logits(m.module.predict_logits, audit.x, queries, node.batch_size, dtype))
-                       for m in trained])
-    signals = Signals(logits=logits, labels=audit.y.numpy(), masks=audit_masks)
-    test_acc, train_acc = model_accuracies(trained, splits, train_masks, node.batch_size)
+    logits = np.stack([_queried(collect_logits(m.module.predict_logits, audit.x, data.queries, node.batch_size,
+                                               dtype)) for m in trained])
+    signals = Signals(logits=logits, labels=audit.y.numpy(), masks=data.audit_masks)
+    test_acc, train_acc = model_accuracies(trained, data.splits, data.train_masks, node.batch_size)
     if cache is not None:
-        arrays = {"logits": logits, "labels": signals.labels, "masks": audit_masks, "test_acc": test_acc}
+        arrays = {"logits": logits, "labels": signals.labels, "masks": data.audit_masks, "test_acc": test_acc}
         cache.save_signals(key, {**arrays, "train_acc": train_acc})
     return signals, test_acc, train_acc
-
-
-def cached_signals(
-    cache: ModelCache, key: str, k: int, audit: ArrayData, audit_masks: np.ndarray, q: int
-) -> tuple[Signals, np.ndarray, np.ndarray] | None:
-    """A stored signals entry if its contents fit this run (K models, the audit records' labels and masks, Q queries,
-    finite logits); otherwise the entry is invalidated, with the reason, so that the run recomputes and replaces it
-    instead of failing on it on every rerun (checksums catch damage to files, not contents that never fit)."""
-    hit = cache.load_signals(key)
-    if hit is None:
-        return None
-    try:
-        missing = {"logits", "labels", "masks", "test_acc", "train_acc"} - set(hit)
-        if missing:
-            raise ValueError(f"arrays {sorted(missing)} missing")
-        signals = Signals(logits=hit["logits"], labels=hit["labels"], masks=hit["masks"])
-        want = (k, len(audit), q)
-        if signals.logits.shape[:3] != want:
-            raise ValueError(f"logits {signals.logits.shape} for [K, N, Q] = {list(want)}")
-        if not np.array_equal(signals.labels, audit.y.numpy()) or not np.array_equal(signals.masks, audit_masks):
-            raise ValueError("labels or membership masks differ from this run's")
-        if hit["test_acc"].shape != (k,) or hit["train_acc"].shape != (k,):
-            raise ValueError(f"accuracies of shape {hit['test_acc'].shape} / {hit['train_acc'].shape} for {k} models")
-    except ValueError as err:
-        cache.store.invalidate("signals", key, f"unusable contents ({err})")
-        return None
-    return signals, hit["test_acc"], hit["train_acc"]
 
 
 def model_accuracies(
@@ -346,8 +446,11 @@ def model_accuracies(
     """Test and train accuracy of every model through its predict path."""
     test, train = [], []
     for m in trained:
-        test_logits = collect_logits(m.module.predict_logits, splits.test.x, batch_size=batch_size)[:, 0]
-        test.append(accuracy(test_logits, splits.test.y.numpy()))
+        if len(splits.test):
+            test_logits = collect_logits(m.module.predict_logits, splits.test.x, batch_size=batch_size)[:, 0]
+            test.append(accuracy(test_logits, splits.test.y.numpy()))
+        else:  # an audit of records the caller gave: no test split
+            test.append(float("nan"))
         member = np.flatnonzero(train_masks[m.index])
         tr_logits = collect_logits(m.module.predict_logits, splits.population.x[member], batch_size=batch_size)
         train.append(accuracy(tr_logits[:, 0], splits.population.y[member].numpy()))
@@ -411,68 +514,3 @@ def finish_shard(
     return []
 
 
-#: ``evaluation.targets: auto``: this many target models, or every model when K is smaller.
-AUTO_TARGETS = 8
-
-
-def resolve_targets(targets, num_models: int) -> list[int]:
-    """``evaluation.targets``: ``auto`` (the first min(8, K) models), an int n (the first n), ``all``, or an explicit
-    list of model indices."""
-    if isinstance(targets, str):
-        if targets not in ("all", "auto"):
-            raise ValueError(
-                f"evaluation.targets={targets!r}: expected auto, all, an int or a list of model indices")
-        return list(range(num_models if targets == "all" else min(AUTO_TARGETS, num_models)))
-    if isinstance(targets, int) and not isinstance(targets, bool):
-        if not 1 <= targets <= num_models:
-            raise ValueError(f"evaluation.targets={targets}: expected 1..{num_models} (num_models={num_models})")
-        return list(range(targets))
-    try:
-        out = [int(t) for t in targets]
-    except (TypeError, ValueError):
-        raise ValueError(f"evaluation.targets={targets!r}: expected auto, all, an int or a list of model "
-                         "indices") from None
-    bad = [t for t in out if not 0 <= t < num_models]
-    if bad or not out:
-        raise ValueError(f"evaluation.targets={out}: indices must lie in 0..{num_models - 1}")
-    return out
-
-
-def _whole(value, at_least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= at_least
-
-
-#: The run-level settings checked before any data loads: key -> (test, what is accepted).
-CHECKS = {
-    "num_models": (lambda v: _whole(v, 2), "a whole number of models >= 2"),
-    "seed": (lambda v: _whole(v, 0), "a whole number >= 0"),
-    "cpu_threads": (lambda v: v is None or _whole(v, 1), "null or a whole number of threads >= 1"),
-    "membership.scheme": (lambda v: v in ("paired", "bernoulli"), "paired or bernoulli"),
-    "signals.dtype": (lambda v: v in ("float16", "float32"), "float16 or float32"),
-    "signals.batch_size": (lambda v: v is None or _whole(v, 1), "null or a whole number of records >= 1"),
-    "evaluation.n_bootstrap": (lambda v: _whole(v, 0), "a whole number of resamples >= 0 (0 = no intervals)"),
-    "evaluation.confidence": (lambda v: isinstance(v, float) and 0 < v < 1, "a level in (0, 1), e.g. 0.95"),
-    "evaluation.null_test": (lambda v: isinstance(v, bool), "true or false"),
-    "evaluation.ci_method": (lambda v: v in CI_METHODS, " or ".join(CI_METHODS)),
-    "evaluation.delta": (lambda v: v == "auto" or (isinstance(v, int | float) and not isinstance(v, bool)
-                                                   and 0 <= v < 1), "auto or a delta in [0, 1), e.g. 1e-5"),
-    "train.epochs": (lambda v: _whole(v, 1), "a whole number of epochs >= 1"),
-    "train.batch_size": (lambda v: _whole(v, 1), "a whole number of records >= 1"),
-    "train.eval_batch_size": (lambda v: _whole(v, 1), "a whole number of records >= 1"),
-    "train.ensemble_size": (lambda v: v is None or _whole(v, 1), "null or a whole number of models >= 1"),
-    "cache.enabled": (lambda v: isinstance(v, bool), "true or false"),
-}
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Every run-level setting, before any data loads or model trains: a bad value fails in a second, with a
-    message naming the key, the value and what is accepted (the components check their own arguments when they
-    are built, also before training)."""
-    for key, (ok, accepted) in CHECKS.items():
-        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-        if not ok(value):
-            raise ValueError(f"{key}={value!r}: expected {accepted}")
-    if cfg.membership.scheme == "paired" and cfg.num_models % 2:
-        raise ValueError(f"num_models={cfg.num_models}: the paired mask scheme needs an even number of models "
-                         "(or membership.scheme=bernoulli)")
-    resolve_targets(cfg.evaluation.targets, cfg.num_models)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -50,5 +49,4 @@ def compose_cfg(tmp_path):
     def _compose(overrides=(), output_dir: Path | None = None):
         return compose([*overrides, f"paths.output_dir={output_dir or tmp_path}", f"data.root={tmp_path / 'data'}"])
 
-    yield _compose
-    logging.getLogger("lightning.pytorch").setLevel(logging.NOTSET)
+    return _compose

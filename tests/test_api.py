@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 import mia_bench
@@ -52,7 +55,6 @@ def test_audit_a_model_trained_elsewhere_with_reference_models_trained_here(tmp_
     """A user's target: trained outside mia_bench (here: a plain torch loop) on a known half of the digits, saved
     as a checkpoint and loaded into its constructor. The audit trains reference models on the same records and
     finds the target's members; without the membership it still ranks the records."""
-    import torch
     from sklearn.datasets import load_digits
     from torch import nn
 
@@ -75,9 +77,15 @@ def test_audit_a_model_trained_elsewhere_with_reference_models_trained_here(tmp_
     target = make()
     target.load_state_dict(torch.load(tmp_path / "target.pt", weights_only=True))
 
+    torch.set_num_threads(2)
     res = mia_bench.audit(target, x.numpy(), y.numpy(), members, num_reference=8, n_bootstrap=20,
                           overrides=["train.epochs=20"], attacks=["loss", "lira_offline", "rmia"],
                           output_dir=tmp_path / "audit")
+    assert torch.get_num_threads() == 2  # cpu_threads=1 for the audit only, the caller's setting restored
+    assert json.loads((tmp_path / "audit" / "metrics.json").read_text()) == json.loads(json.dumps(res.records))
+    with np.load(tmp_path / "audit" / "scores.npz") as z:
+        np.testing.assert_array_equal(z["scores/rmia"][0], res.scores["rmia"])
+    assert (tmp_path / "audit" / "config.yaml").is_file() and (tmp_path / "audit" / "signals.npz").is_file()
     by_name = {r["attack"]: r for r in res.records}
     assert by_name["lira_offline"]["auc_mean"] > 0.6 and by_name["rmia"]["auc_mean"] > 0.6
     assert res.signals.num_models == 9 and np.array_equal(res.signals.masks[8], members)
@@ -86,3 +94,21 @@ def test_audit_a_model_trained_elsewhere_with_reference_models_trained_here(tmp_
     assert blind.records == [] and blind.scores["rmia"].shape == (600,)
     top = blind.most_exposed("rmia", 50)
     assert members[top].mean() > 0.7  # the likeliest members by RMIA are mostly members
+
+
+def test_an_audit_with_too_few_reference_models_fails_before_training(tmp_path, monkeypatch):
+    """The reference plan is checked before any model trains, as for a cell: two reference models leave the
+    calibration shadow none once its partner is dropped."""
+    import mia_bench.pipeline as pipeline
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the reference plan was checked")
+
+    monkeypatch.setattr(pipeline, "train_models", no_training)
+    x, y = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32), np.arange(40) % 2
+    with pytest.raises(ValueError, match="need reference models"):
+        mia_bench.audit(torch.nn.Linear(5, 2), x, y, np.arange(40) < 20, num_reference=2, attacks=["lira_offline"],
+                        output_dir=tmp_path / "audit")
+    with pytest.raises(ValueError, match="evaluation.confidence=2.0"):  # the config is validated as for a cell
+        mia_bench.audit(torch.nn.Linear(5, 2), x, y, overrides=["evaluation.confidence=2.0"],
+                        output_dir=tmp_path / "bad")

@@ -101,9 +101,10 @@ def test_lira_matches_hand_computation(online, fix_variance, estimator):
     for target in (0, 3):
         expected = _hand_lira(phi, sig.masks, target, online, fix_variance, estimator)
         attack = LiRA(online=online, fix_variance=fix_variance, estimator=estimator)
-        got = attack.score(sig, target, _others(6, target))
+        got, info = attack.score_with_diagnostics(sig, target, _others(6, target))
         np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
-        assert attack.info["n_fallback_out"] == 0
+        np.testing.assert_array_equal(attack.score(sig, target, _others(6, target)), got)
+        assert info["n_fallback_out"] == 0
 
 
 def test_lira_offline_two_sided_and_pooled_options():
@@ -133,12 +134,12 @@ def test_lira_empty_in_or_out_sets_fall_back_and_are_counted():
     sig, _ = _phi_signals(k=k, n=n, masks=masks)
     for name in ("lira_online", "lira_offline", "lira_online_fixed_var", "lira_offline_fixed_var"):
         attack = build_attack(name)
-        s = attack.score(sig, 0, _others(k, 0))
+        s, info = attack.score_with_diagnostics(sig, 0, _others(k, 0))
         assert np.isfinite(s).all(), name
-        assert attack.info["n_fallback_out"] == 1, name
+        assert info["n_fallback_out"] == 1, name
         if attack.online:
-            assert attack.info["n_fallback_in"] == 1, name
-            assert attack.info["n_single_in"] == 3, name
+            assert info["n_fallback_in"] == 1, name
+            assert info["n_single_in"] == 3, name
 
 
 # ------------------------------------------------------------------------------------------------ RMIA
@@ -237,8 +238,8 @@ def test_rmia_offline_a_auto_is_the_best_a_on_reference_models():
     sig = make_synthetic_signals(10, 600, 2, 5, leak=1.5, seed=4, dtype=np.float64)
     ref = _refs(sig, 0)
     attack = RMIA(offline=True, offline_a="auto", tune_models=2)
-    scores = attack.score(sig, 0, ref)
-    a = attack.info["offline_a"]
+    scores, info = attack.score_with_diagnostics(sig, 0, ref)
+    a = info["offline_a"]
     want = []  # brute force: reference models 1.. play the target (their partners dropped), AUC per a
     for grid_a in np.linspace(0, 1, 11):
         total = 0.0
@@ -258,15 +259,15 @@ def test_rmia_offline_without_out_reference_falls_back():
     masks[1:, :3] = True                       # records 0..2 IN for every reference model
     sig = Signals(logits=sig.logits, labels=sig.labels, masks=masks)
     attack = RMIA(offline=True)
-    s = attack.score(sig, 0, _others(4, 0))
-    assert np.isfinite(s).all() and attack.info["n_fallback_out"] >= 3
+    s, info = attack.score_with_diagnostics(sig, 0, _others(4, 0))
+    assert np.isfinite(s).all() and info["n_fallback_out"] >= 3
 
 
 # ------------------------------------------------------------------------------ threshold attacks, label only
 def test_modified_entropy_classwise_thresholds(leaky):
     ref = _refs(leaky, 0)
     attack = ModifiedEntropyAttack()
-    tau = attack.thresholds(leaky, ref)
+    tau, _ = attack.thresholds(leaky, ref)
     values = -leaky.mentr[ref, :, 0]
     member = leaky.masks[ref]
     for c in range(leaky.num_classes):

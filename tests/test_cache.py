@@ -148,31 +148,137 @@ def test_model_key_covers_what_determines_a_model_and_nothing_else(compose_cfg, 
     assert _key(cfg) != base  # package version
 
 
-def test_code_digest_follows_training_code_and_ignores_attack_code(tmp_path, monkeypatch):
-    """An edited training/defense module in a development checkout must miss the cache; attack code must not."""
-    pkg = tmp_path / "mia_bench"
-    for rel in ("training/train.py", "cache/keys.py", "defenses/mixup.py", "attacks/lira.py", "augment.py"):
-        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
-        (pkg / rel).write_text(f"# {rel}\n")
-    monkeypatch.setattr(keys_mod, "__file__", str(pkg / "cache" / "keys.py"))
+@pytest.fixture
+def package(tmp_path):
+    """A copy of the package's source to edit (the digest reads it through its ``root`` argument)."""
+    root = tmp_path / "src" / "mia_bench"
+    shutil.copytree(ROOT / "mia_bench", root, ignore=shutil.ignore_patterns("__pycache__", "conf", "*.pyc"))
+    return root
 
-    def digest_now():
-        keys_mod.code_digest.cache_clear()
-        return keys_mod.code_digest()
 
-    try:
-        base = digest_now()
-        (pkg / "attacks/lira.py").write_text("# an attack changed\n")
-        assert digest_now() == base
-        (pkg / "cache/keys.py").write_text("# the cache's own code changed\n")
-        assert digest_now() == base
-        (pkg / "defenses/mixup.py").write_text("# a defense changed\n")
-        changed = digest_now()
-        assert changed != base
-        (pkg / "augment.py").write_text("# augmentation changed\n")
-        assert digest_now() != changed
-    finally:
-        keys_mod.code_digest.cache_clear()
+def _edit(path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{path}: {old!r} not found"
+    path.write_text(text.replace(old, new, 1))
+
+
+def _docstring_of(path) -> str:
+    """The first non-blank line of the module's own docstring (to edit it)."""
+    import ast
+
+    doc = ast.get_docstring(ast.parse(path.read_text()), clean=False) or ""
+    lines = [line for line in doc.splitlines() if line.strip()]
+    assert lines, f"{path} has no docstring"
+    return lines[0]
+
+
+def _bump_first_number(path) -> None:
+    """Change the first numeric literal inside a function of the module (a computation's constant) by one."""
+    import ast
+
+    text = path.read_text()
+    tree = ast.parse(text)
+    node = next(n for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) for n in ast.walk(f)
+                if isinstance(n, ast.Constant) and type(n.value) in (int, float))
+    lines = text.splitlines(keepends=True)
+    line = lines[node.lineno - 1]
+    lines[node.lineno - 1] = line[: node.col_offset] + repr(node.value + 1) + line[node.end_col_offset :]
+    path.write_text("".join(lines))
+
+
+def test_code_digest_covers_the_modules_the_recipe_uses_without_comments_or_docstrings(compose_cfg, package):
+    """A comment or docstring edit, an edit of a module the recipe does not use, or a new unrelated module keeps the
+    code digest (and every cached model); a changed computation in a module the model uses changes it."""
+    recipe = describe_recipe(compose_cfg([]))
+    used = keys_mod.code_modules(recipe, package)
+    assert set(keys_mod.CORE_MODULES) <= set(used)
+    assert "mia_bench.models.mlp" in used  # the model's own module, not the whole zoo
+    assert not [m for m in used if m.startswith(("mia_bench.attacks", "mia_bench.cache", "mia_bench.report",
+                                                 "mia_bench.defenses", "mia_bench.dynamics"))], used
+    assert "mia_bench.models.vgg" not in used and "mia_bench.pipeline" not in used
+
+    def digest():
+        return keys_mod.code_digest(recipe, package)
+
+    base = digest()
+    assert base == keys_mod.code_digest(recipe)  # the copy is the installed source
+    module = package / "training" / "module.py"
+    first = _docstring_of(module)
+    _edit(module, first, first + " Reworded, and a sentence added.")  # the module's docstring
+    _edit(package / "augment.py", "\nimport ", "\n# a new comment line\n\n\nimport ")  # comments, blank lines
+    assert digest() == base
+    (package / "augment.py").write_text((package / "augment.py").read_text() + '\n\ndef _f(x):\n    """Doc."""\n'
+                                        "    return x + 1  # a helper\n")
+    with_helper = digest()
+    assert with_helper != base  # new code in a used module
+    _edit(package / "augment.py", '"""Doc."""', '"""Another docstring, same computation."""')
+    assert digest() == with_helper
+    _edit(package / "augment.py", "return x + 1  # a helper", "return x + 2  # a helper")
+    assert digest() != with_helper  # a constant of a computation
+    _edit(package / "augment.py", "return x + 2  # a helper", "return x + 1  # a helper")
+    assert digest() == with_helper
+    mlp = package / "models" / "mlp.py"  # a constant the model's own code already has (found, not assumed)
+    before = mlp.read_text()
+    _bump_first_number(mlp)
+    assert digest() != with_helper
+    mlp.write_text(before)
+
+    # Modules the recipe does not use: an attack, a defense not selected, another model, the cache, a new module.
+    for rel in ("attacks/lira.py", "defenses/dpsgd.py", "defenses/mixup_inference.py", "models/vgg.py",
+                "cache/keys.py", "report/aggregate.py", "dynamics/recorder.py"):
+        (package / rel).write_text((package / rel).read_text() + "\nCHANGED = 1\n")
+    (package / "defenses" / "brand_new.py").write_text("import torch\n\nSCALE = 3.0\n")
+    (package / "brand_new_helper.py").write_text("VALUE = 1\n")
+    assert digest() == with_helper
+    # ... until a used module imports one (inside a function too): then its code is covered.
+    (package / "augment.py").write_text((package / "augment.py").read_text()
+                                        + "\n\ndef _g():\n    from mia_bench import brand_new_helper\n\n"
+                                        "    return brand_new_helper.VALUE\n")
+    importing = digest()
+    assert importing != with_helper
+    (package / "brand_new_helper.py").write_text("VALUE = 2\n")
+    assert digest() != importing
+
+
+def test_code_digest_follows_the_selected_defense_model_and_analysis(compose_cfg, package):
+    """A defense's, a model's or an analysis's code is in the digest of the recipes that select it only."""
+    recipes = {name: describe_recipe(compose_cfg(overrides), recorded) for name, overrides, recorded in (
+        ("none", [], None), ("dpsgd", ["defense=dpsgd"], None), ("mi", ["defense=mixup_inference"], None),
+        ("pruning", ["defense=mia_pruning"], None), ("lenet", ["model=lenet"], None),
+        ("dynamics", ["+analysis=dynamics"], {"dynamics": {"record_epochs": [1]}}))}
+
+    def digests():
+        return {name: keys_mod.code_digest(r, package) for name, r in recipes.items()}
+
+    base = digests()
+    assert len(set(base.values())) == len(base)  # each recipe its own code
+    for rel, changes in (("defenses/dpsgd.py", {"dpsgd"}), ("defenses/mixup_inference.py", {"mi"}),
+                         ("defenses/pruning.py", {"pruning"}), ("models/lenet.py", {"lenet"}),
+                         ("dynamics/recorder.py", {"dynamics"}), ("training/module.py", set(recipes))):
+        (package / rel).write_text((package / rel).read_text() + "\nCHANGED = 1\n")
+        now = digests()
+        assert {name for name in now if now[name] != base[name]} == changes, rel
+        base = now
+
+
+def test_code_digest_of_a_registered_model_name_covers_the_module_registering_it(package):
+    """A recipe that builds a model by its registry name hashes the module registering that name, not the zoo; a
+    name registered nowhere in the package covers every model module."""
+    recipe = {"model": {"_target_": "mia_bench.models.create_model", "name": "lenet"}}
+    used = keys_mod.code_modules(recipe, package)
+    assert "mia_bench.models.lenet" in used and "mia_bench.models.registry" in used
+    assert "mia_bench.models.vgg" not in used and "mia_bench.models.mlp" not in used
+    unknown = keys_mod.code_modules({"model": {"_target_": "mia_bench.models.create_model", "name": "mine"}}, package)
+    assert {"mia_bench.models.lenet", "mia_bench.models.vgg", "mia_bench.models.mlp"} <= set(unknown)
+
+
+def test_code_digest_is_fast_once_the_modules_are_parsed(compose_cfg):
+    recipe = describe_recipe(compose_cfg(["defense=mixup_inference"]))
+    keys_mod.code_digest(recipe)
+    start = time.perf_counter()
+    for _ in range(10):
+        keys_mod.code_digest(recipe)
+    assert (time.perf_counter() - start) / 10 < 0.05  # about a millisecond on 2 shared cores
 
 
 def test_data_fingerprint_sees_one_changed_value_and_ignores_identity():

@@ -1,5 +1,6 @@
 """The config tree: `+group=x` for every group (derived from the defaults lists), the attack bundles found from the
-attack files (a new attack is its class and its YAML), composing from Python, and the tree inside the package."""
+attack files (a new attack is its class and its YAML, a variant the file it starts from plus what it changes),
+explicit registration, composing from Python, and the tree inside the package."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from omegaconf import OmegaConf
 from mia_bench.config import (
     CONFIG_DIR,
     attack_configs,
+    attack_names,
     build_attack,
     compose,
     default_groups,
     normalize_overrides,
-    register_bundles,
+    register,
 )
 from tests.conftest import ROOT, TINY
 
@@ -79,10 +81,77 @@ def test_the_tree_is_a_package_that_hydra_finds_by_module_name():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
+    register()  # Hydra's own API composes nothing of ours: the bundles and resolvers are registered first
     with initialize_config_module(config_module="mia_bench.conf", version_base="1.3"):
         cfg = hydra_compose("config", overrides=["attack=fast"])
     assert list(cfg.attack) == [a for a in sorted(attack_configs()) if a != "shadow_model"]
     assert (ROOT / "conf").resolve() == CONFIG_DIR  # the top-level conf/ users look for is the package's tree
+
+
+def test_nothing_is_registered_on_import_and_register_can_be_called_again():
+    """Importing mia_bench.config registers nothing; register() does it all and may be called any number of
+    times (compose calls it, the command line calls it before Hydra composes)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from hydra.core.config_store import ConfigStore\n"
+        "from omegaconf import OmegaConf\n"
+        "import mia_bench.config as c\n"
+        "def seen(): return (OmegaConf.has_resolver('mia_bench.pid'), 'all.yaml' in ConfigStore.instance().repo.get("
+        "'attack', {}))\n"
+        "print(seen()); c.register(); c.register(); print(seen())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["(False,", "False)", "(True,", "True)"]
+    register()
+    register()
+    assert list(compose(["attack=all"]).attack) == attack_names()
+
+
+def test_attack_files_say_whether_they_are_an_attack_or_a_bundle(tmp_path):
+    """Every attack file is one attack (# @package attack.<name>) or a bundle (# @package attack); `all` holds
+    every attack exactly once and no bundle, each as attack_configs gives it; a file that is neither is an error."""
+    names = attack_names()
+    assert "lira" not in names and "threshold" not in names and len(names) == len(set(names)) == 12
+    assert compose(["attack=all"]).attack == attack_configs()
+    conf = tmp_path / "conf"
+    shutil.copytree(CONFIG_DIR, conf, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    (conf / "attack" / "unmarked.yaml").write_text("defaults:\n  - loss\n  - _self_\n")
+    with pytest.raises(ValueError, match=r"unmarked\.yaml: begin it with '# @package attack\.unmarked'"):
+        compose(["attack=loss"], config_dir=conf)
+
+
+def test_an_attack_variant_is_the_file_it_starts_from_plus_the_keys_it_changes(tmp_path):
+    """README 'Adding an attack': a LiRA variant of a few lines (lira_online plus one changed key) composes,
+    joins attack=all, and builds a LiRA with the changed key and every other key inherited."""
+    from hydra.utils import instantiate
+
+    from mia_bench.attacks.lira import LiRA
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONFIG_DIR, conf, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    (conf / "attack" / "lira_mean.yaml").write_text(
+        "# @package attack.lira_mean\n"
+        "defaults:\n"
+        "  - lira_online@_here_\n"
+        "  - _self_\n"
+        "estimator: mean\n"
+    )
+    online = attack_configs()["lira_online"]
+    cfg = compose(["attack=lira_mean"], config_dir=conf)
+    assert list(cfg.attack) == ["lira_mean"]
+    assert OmegaConf.to_container(cfg.attack.lira_mean) == {**OmegaConf.to_container(online), "estimator": "mean"}
+    assert attack_configs(conf)["lira_mean"] == cfg.attack.lira_mean
+    every = compose(["attack=all"], config_dir=conf).attack
+    assert list(every) == sorted([*attack_configs(), "lira_mean"])
+    assert "lira_mean" in compose(["attack=fast"], config_dir=conf).attack
+    lira = instantiate(cfg.attack.lira_mean)
+    assert isinstance(lira, LiRA) and lira.estimator == "mean"  # the changed key
+    assert lira.online is True and lira.fix_variance is False and lira.std_eps == online.std_eps  # inherited
+    assert lira.offline_statistic == online.offline_statistic and lira.fixed_std == online.fixed_std
+    assert "lira_mean" not in compose(["attack=all"]).attack  # the package's own tree is untouched
 
 
 def test_build_attack_takes_the_config_file_and_overrides():
@@ -131,16 +200,16 @@ def blobs(num_records: int = 400, seed: int = 0) -> RawDataset:
 '''
 
 YAMLS = {
-    "attack/my_loss.yaml": "my_loss:\n  _target_: my_code.NegLossAttack   # the class\n",
+    "attack/my_loss.yaml": "# @package attack.my_loss\n_target_: my_code.NegLossAttack\n",
     "defense/my_l1.yaml": (
         "# @package _global_\n"
-        "defense:\n  name: my_l1   # shown in tables\n  predict: null   # no inference-time wrapper\n"
-        "train:\n  module:\n    _target_: my_code.L1Module   # the module\n    l1: 0.001   # penalty weight\n"
+        "defense:\n  name: my_l1\n  predict: null\n"
+        "train:\n  module:\n    _target_: my_code.L1Module\n    l1: 0.001   # penalty weight\n"
     ),
     "dataset/blobs.yaml": (
-        "name: blobs   # shown in tables\nloader:\n  _target_: my_code.blobs   # the loader function\n"
-        "population_size: null   # the rest\ntest_size: 100   # records\npublic_size: 50   # records\n"
-        "train_augment: {crop_padding: 0, hflip: false}   # none\nquery_augment: {shift: 0, hflip: false}   # none\n"
+        "name: blobs\nloader:\n  _target_: my_code.blobs\n"
+        "population_size: null\ntest_size: 100   # records\npublic_size: 50   # records\n"
+        "train_augment: {crop_padding: 0, hflip: false}\nquery_augment: {shift: 0, hflip: false}\n"
     ),
 }
 
@@ -156,33 +225,23 @@ def test_a_new_attack_defense_and_dataset_are_their_code_and_their_yaml(tmp_path
     shutil.copytree(CONFIG_DIR, conf, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     for rel, text in YAMLS.items():
         (conf / rel).write_text(text)
-    register_bundles(conf)
-    try:
-        overrides = [*TINY, "+dataset=blobs", "+defense=my_l1", "attack=all", "logger=none",
-                     f"paths.output_dir={tmp_path / 'run'}"]
-        cfg = compose(overrides, config_dir=conf)
-        assert "my_loss" in cfg.attack and "loss" in cfg.attack
-        cfg.attack = {k: cfg.attack[k] for k in ("loss", "my_loss")}  # keep the run short
-        records = {r["attack"]: r for r in run(cfg, {"dataset": "blobs", "defense": "my_l1"})}
-    finally:
-        register_bundles()  # the package's own tree again
+    overrides = [*TINY, "+dataset=blobs", "+defense=my_l1", "attack=all", "logger=none",
+                 f"paths.output_dir={tmp_path / 'run'}"]
+    cfg = compose(overrides, config_dir=conf)  # registers conf's own bundles while it composes
+    assert "my_loss" in cfg.attack and "loss" in cfg.attack
+    cfg.attack = {k: cfg.attack[k] for k in ("loss", "my_loss")}  # keep the run short
+    records = {r["attack"]: r for r in run(cfg, {"dataset": "blobs", "defense": "my_l1"})}
     assert records["my_loss"]["auc_mean"] == records["loss"]["auc_mean"]  # the same score as the LOSS attack
     assert records["loss"]["defense/l1"] == 0.001 and records["loss"]["n_records"] == 250
     assert "my_loss" not in compose(["attack=all"]).attack
 
 
-def test_every_config_line_is_commented_and_short():
-    """A comment on every key (what it means, or why this value), and lines a reader does not scroll."""
-    bare, long = [], []
-    for path in sorted(CONFIG_DIR.rglob("*.yaml")):
-        for no, line in enumerate(path.read_text().splitlines(), 1):
-            where = f"{path.relative_to(CONFIG_DIR)}:{no}"
-            if len(line) > 120:
-                long.append(where)
-            stripped = line.strip()
-            if stripped and not stripped.startswith("#") and " #" not in line:
-                bare.append(f"{where}: {stripped}")
-    assert long == [] and bare == []
+def test_config_lines_are_short():
+    """Lines a reader does not scroll, in every file of the tree. Comments say what a key means, its unit or range,
+    or why it has its value; a key whose name and value say it all has none."""
+    long = [f"{path.relative_to(CONFIG_DIR)}:{no}" for path in sorted(CONFIG_DIR.rglob("*.yaml"))
+            for no, line in enumerate(path.read_text().splitlines(), 1) if len(line) > 120]
+    assert long == []
 
 
 @pytest.mark.slow

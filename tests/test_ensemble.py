@@ -234,3 +234,24 @@ def test_cuda_probe_stays_cheap_without_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert keep_cuda_probe_cheap() and os.environ[NVML_CHECK] == "0"
     assert not keep_cuda_probe_cheap()  # once is enough
+
+
+def test_training_leaves_lightnings_log_level_as_it_found_it(compose_cfg):
+    """The banner is shown for the first fit only, and the logger's level is restored after training (also when
+    training fails), so a Python caller's logging is untouched."""
+    from mia_bench.training.train import lightning_banner_once
+
+    lg = logging.getLogger("lightning.pytorch")
+    lg.setLevel(logging.INFO)
+    try:
+        with pytest.raises(RuntimeError), lightning_banner_once() as fitted:
+            fitted()
+            assert lg.level == logging.WARNING
+            raise RuntimeError("a training failure")
+        assert lg.level == logging.INFO
+        cfg = compose_cfg(["num_models=2", "train.epochs=1", "train.engine=sequential", "cache.enabled=false"])
+        _, splits = load_data(cfg.dataset, cfg.seed)
+        train_models(Recipe.from_config(cfg), splits, make_masks(len(splits.population), 2, "paired", 0))
+        assert lg.level == logging.INFO
+    finally:
+        lg.setLevel(logging.NOTSET)

@@ -289,7 +289,7 @@ def test_every_run_setting_is_checked_before_any_data_loads(compose_cfg, monkeyp
 
 
 def test_the_default_targets_work_for_any_valid_number_of_models(compose_cfg):
-    from mia_bench.pipeline import resolve_targets
+    from mia_bench.attacks.evaluate import resolve_targets
 
     assert resolve_targets("auto", 4) == [0, 1, 2, 3] and resolve_targets("auto", 64) == list(range(8))
     records = __import__("mia_bench.pipeline").pipeline.run(

@@ -22,7 +22,7 @@ LAYERS = [
     ("defenses", ["mia_bench.defenses"]),
     ("analyses", ["mia_bench.analyses", "mia_bench.dynamics"]),
     ("report", ["mia_bench.report"]),
-    ("run", ["mia_bench.pipeline", "mia_bench.gpu_pool", "mia_bench.config", "mia_bench.conf",
+    ("run", ["mia_bench.pipeline", "mia_bench.validation", "mia_bench.gpu_pool", "mia_bench.config", "mia_bench.conf",
              "mia_bench.__main__", "mia_bench.api"]),
 ]
 #: The package's ``__init__`` is the Python API's facade: it re-exports the API lazily (inside ``__getattr__``,

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object
 from omegaconf import OmegaConf
 from torch import nn
 
-from mia_bench.models import Classifier, create_model, list_models, register_model
+from mia_bench.models import (
+    Classifier,
+    build_model,
+    create_model,
+    get_model_builder,
+    list_models,
+    model_name,
+    register_model,
+    registered_name,
+)
 from mia_bench.models import registry as registry_mod
 from tests.conftest import CONF
 
@@ -209,23 +216,46 @@ def test_every_registered_model_has_a_config():
 
 
 @pytest.mark.parametrize("path", sorted(CONF_DIR.glob("*.yaml")), ids=lambda p: p.stem)
-def test_config_instantiates(path):
+def test_config_names_its_builder(path):
+    """A model file's _target_ is the registered builder itself (the registry is sugar over the same function),
+    and build_model builds from it what create_model builds from the name: the same parameters from one seed."""
     cfg = OmegaConf.load(path)
     assert cfg.name == path.stem
     assert cfg.dropout == 0.0
-    for line in path.read_text().splitlines():
-        if re.match(r"^\w+:", line):
-            assert re.search(r"\S\s+# \S", line), f"{path.name}: key without a trailing comment: {line!r}"
-    model = instantiate(cfg, input_shape=[3, 32, 32], num_classes=10)
-    assert isinstance(model, Classifier)
-    assert model.model_name == path.stem
+    assert get_object(cfg._target_) is get_model_builder(path.stem)
+    assert model_name(cfg) == path.stem
+    assert all(len(line) <= 120 for line in path.read_text().splitlines())
+    torch.manual_seed(0)
+    model = build_model(cfg, [3, 32, 32], 10)
+    torch.manual_seed(0)
+    same = create_model(path.stem, (3, 32, 32), 10)
+    assert isinstance(model, Classifier) and type(model) is type(same)
+    assert list(model.state_dict()) == list(same.state_dict())
+    assert all(torch.equal(v, same.state_dict()[k]) for k, v in model.state_dict().items())
     if "norm" in cfg:
         assert cfg.norm == "batch"
     # a DP-SGD run overrides the norm from the command line
     if path.stem in NORMED:
-        dp = instantiate(cfg, input_shape=[1, 8, 8], num_classes=10, norm="group", dropout=0.2)
+        dp = build_model(OmegaConf.merge(cfg, {"norm": "group", "dropout": 0.2}), [1, 8, 8], 10)
         assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in dp.modules())
         assert dp.dropout.p == 0.2
+
+
+def test_the_registry_by_name_still_builds_from_a_config():
+    """``_target_: mia_bench.models.create_model`` with ``name`` (the files' old form) builds the same model; its
+    **kwargs are followed to the named builder, so a key that builder does not take is refused, naming it (a typo
+    must not train a different model silently)."""
+    node = OmegaConf.create({"_target_": "mia_bench.models.create_model", "name": "cnn", "channels": [4, 8],
+                             "norm": "group"})
+    torch.manual_seed(0)
+    model = build_model(node, [1, 8, 8], 3)
+    torch.manual_seed(0)
+    same = create_model("cnn", (1, 8, 8), 3, channels=[4, 8], norm="group")
+    assert all(torch.equal(v, same.state_dict()[k]) for k, v in model.state_dict().items())
+    assert model_name(node) == "cnn" and registered_name(get_model_builder("cnn")) == "cnn"
+    assert registered_name(create_model) is None
+    with pytest.raises(ValueError, match="takes no hidden; it takes .*channels"):
+        build_model(OmegaConf.merge(node, {"hidden": [3]}), [1, 8, 8], 3)
 
 
 def test_fastnet_whitening_layer_whitens_the_training_patches():

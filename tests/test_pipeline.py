@@ -14,6 +14,7 @@ import pytest
 from hydra.utils import instantiate
 
 from mia_bench.config import compose
+from mia_bench.models import build_model
 from mia_bench.pipeline import run
 from mia_bench.signals import Signals
 from tests.conftest import CONF, ROOT, TINY
@@ -141,7 +142,7 @@ def test_every_option_composes(compose_cfg, group):
         cfg = compose_cfg([f"{group}={option}"])
         assert cfg.num_models >= 2
         if group == "model":
-            net = instantiate(cfg.model, input_shape=[1, 8, 8], num_classes=10)
+            net = build_model(cfg.model, [1, 8, 8], 10)  # the adapter: `name` names the model, it is no argument
             assert net(__import__("torch").zeros(2, 1, 8, 8)).shape == (2, 10)
         if group == "attack":
             assert all(instantiate(node) for node in cfg.attack.values())

@@ -364,3 +364,59 @@ def test_report_logs_its_tables_and_charts_to_wandb(sweep, monkeypatch, tmp_path
     media = {p.name.rsplit("_", 2)[0] for p in run_dir.glob("files/media/table/*.table.json")}
     assert {"summary", "privacy_utility_chart_table"} <= media  # the table and the scatter's own points
     assert list(run_dir.glob("files/media/images/privacy_utility_*.png"))
+
+
+# ---- the report and the cache agree on which keys do not change the models ----
+def test_keys_that_do_not_change_the_models_share_the_cache_key_and_the_report_cell(compose_cfg, tmp_path):
+    """One table (cache/keys.py MODEL_NEUTRAL_KEYS) for the cache key and the report: two configs differing only in
+    one of its keys have the same recipe description and end up in one report cell; every recipe key the report
+    ignores is in the table, and the report's other ignored keys are outside the recipe."""
+    from omegaconf import OmegaConf
+
+    from mia_bench.cache.keys import MODEL_NEUTRAL_KEYS, QUERY_KEYS, RECIPE_KEYS, describe_recipe
+    from mia_bench.report import aggregate as agg
+
+    assert [k for k in agg.IGNORED_KEYS if k.split(".")[0] in RECIPE_KEYS] == list(MODEL_NEUTRAL_KEYS)
+    for reason in (agg.LOCATION_KEYS, agg.EXECUTION_KEYS, agg.ATTACK_KEYS):
+        assert not [k for k in reason if k.split(".")[0] in RECIPE_KEYS], reason
+    assert not [k for k in QUERY_KEYS if agg.ignored(k) or agg.ignored(k + ".shift")]  # they change the figures
+    assert agg.ignored("paths.output_dir") and not agg.ignored("paths_extra") and not agg.ignored("train.epochs")
+
+    base = compose_cfg(["defense=mixup_inference", "dataset=cifar10"])  # every table key has a place in it
+    recorded = {"dynamics": {"record_epochs": [1]}}
+
+    def changed(key: str, value):
+        out = base.copy()
+        OmegaConf.update(out, key, value, force_add=True)
+        return out
+
+    def run(path, cfg, seed):  # a finished run: its resolved config.yaml beside metrics.json
+        path.mkdir(parents=True)
+        node = OmegaConf.to_container(cfg, resolve=True)
+        node["seed"] = node["membership"]["seed"] = seed
+        (path / "config.yaml").write_text(OmegaConf.to_yaml(node))
+        recs = [{"dataset": "cifar10", "model": "mlp", "defense": "mixup_inference", "attack": attack,
+                 "test_acc_mean": 0.9, "test_acc_std": 0.01, "auc_mean": 0.6 + seed / 100, "auc_std": 0.01}
+                for attack in ("loss", "rmia")]
+        (path / "metrics.json").write_text(json.dumps(recs))
+
+    runs = tmp_path / "runs"
+    run(runs / "base", base, 0)
+    for i, key in enumerate(MODEL_NEUTRAL_KEYS, start=1):
+        assert key.split(".")[0] in RECIPE_KEYS, key  # in the recipe, so only the table keeps it out of the key
+        other = changed(key, f"changed-{i}")
+        for rec in (None, recorded):
+            assert describe_recipe(other, rec) == describe_recipe(base, rec), key
+        run(runs / f"{i}", other, i)
+    df = collect([runs])
+    assert agg.swept_keys(df) == []
+    cells = agg.aggregate(df)
+    assert len(cells) == 2 and set(cells["n_seeds"]) == {len(MODEL_NEUTRAL_KEYS) + 1}  # one cell, every run in it
+
+    # The control: a key outside the table changes both (a query augmentation changes the key only when recorded).
+    for key, value, rec in (("train.eval_batch_size", 7, None), ("defense.predict.n_samples", 7, None),
+                            ("dataset.query_augment.shift", 0, recorded)):
+        assert describe_recipe(changed(key, value), rec) != describe_recipe(base, rec), key
+    assert describe_recipe(changed("dataset.query_augment.shift", 0)) == describe_recipe(base)
+    run(runs / "epochs", changed("train.epochs", 7), 99)
+    assert "cfg/train.epochs" in agg.swept_keys(collect([runs]))

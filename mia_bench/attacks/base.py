@@ -3,8 +3,9 @@
 Every attack is an evaluation module over :class:`~mia_bench.signals.Signals` (never over training code).
 ``score(signals, target, reference)`` returns a float64 vector ``[N]``, **higher = more likely a member**.
 ``reference`` holds the indices of the attacker's reference (shadow) models; their masks and signals are
-known to the attacker, the target's mask is not. Attacks keep no state between calls except ``info``, a
-small dict of diagnostics about the last call (e.g. how many records fell back to a global estimate).
+known to the attacker, the target's mask is not. An attack with diagnostics about a call (e.g. how many records
+fell back to a global estimate) implements ``score_with_diagnostics`` instead, which returns them with the scores;
+the evaluator reads them from there (``diag_<name>`` in metrics.json). Attacks keep no state between calls.
 """
 
 from __future__ import annotations
@@ -15,19 +16,27 @@ from mia_bench.signals import Signals
 
 
 class Attack:
+    """Subclasses implement :meth:`score`, or :meth:`score_with_diagnostics` when they have diagnostics."""
+
     name: str = "attack"
     needs_reference: bool = False
 
-    def __init__(self) -> None:
-        self.info: dict = {}
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.score is Attack.score and cls.score_with_diagnostics is Attack.score_with_diagnostics:
+            raise TypeError(f"{cls.__name__} must implement score() or score_with_diagnostics()")
 
     def score(self, signals: Signals, target: int, reference: np.ndarray) -> np.ndarray:
         """One score per population record for model ``target``; higher = more likely a member."""
-        raise NotImplementedError
+        return self.score_with_diagnostics(signals, target, reference)[0]
+
+    def score_with_diagnostics(self, signals: Signals, target: int,
+                               reference: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """The scores of :meth:`score` and a small dict of figures about how they were computed."""
+        return self.score(signals, target, reference), {}
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
-                           if k != "info" and not k.startswith("_"))
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({params})"
 
     # ------------------------------------------------------------------ helpers for subclasses

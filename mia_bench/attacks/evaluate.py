@@ -59,6 +59,7 @@ import numpy as np
 
 from mia_bench import progress
 from mia_bench.attacks.base import Attack
+from mia_bench.data.splits import complementary_partner
 from mia_bench.metrics import (
     accuracy_at_threshold,
     auc,
@@ -107,12 +108,31 @@ class EvaluationResult:
     pooled_rocs: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # attack -> (grid, TPR)
 
 
-def complementary_partner(masks: np.ndarray, model: int) -> int | None:
-    """``model ^ 1`` when its mask is the complement of ``model``'s (the paired-halves scheme), else None."""
-    partner = model ^ 1
-    if partner < masks.shape[0] and np.array_equal(masks[model], ~masks[partner]):
-        return partner
-    return None
+#: ``evaluation.targets: auto``: this many target models, or every model when K is smaller.
+AUTO_TARGETS = 8
+
+
+def resolve_targets(targets, num_models: int) -> list[int]:
+    """``evaluation.targets``: ``auto`` (the first min(8, K) models), an int n (the first n), ``all``, or an explicit
+    list of model indices."""
+    if isinstance(targets, str):
+        if targets not in ("all", "auto"):
+            raise ValueError(
+                f"evaluation.targets={targets!r}: expected auto, all, an int or a list of model indices")
+        return list(range(num_models if targets == "all" else min(AUTO_TARGETS, num_models)))
+    if isinstance(targets, int) and not isinstance(targets, bool):
+        if not 1 <= targets <= num_models:
+            raise ValueError(f"evaluation.targets={targets}: expected 1..{num_models} (num_models={num_models})")
+        return list(range(targets))
+    try:
+        out = [int(t) for t in targets]
+    except (TypeError, ValueError):
+        raise ValueError(f"evaluation.targets={targets!r}: expected auto, all, an int or a list of model "
+                         "indices") from None
+    bad = [t for t in out if not 0 <= t < num_models]
+    if bad or not out:
+        raise ValueError(f"evaluation.targets={out}: indices must lie in 0..{num_models - 1}")
+    return out
 
 
 def calibration_shadow(masks: np.ndarray, target: int) -> int:
@@ -247,14 +267,16 @@ def summarize(scores_t: np.ndarray, labels_t: np.ndarray, scores_s: np.ndarray, 
     return rec, rows, out_curves
 
 
-def _scores(attack: Attack, name: str, signals: Signals, target: int, reference: np.ndarray) -> np.ndarray:
-    s = np.asarray(attack.score(signals, target, reference), dtype=np.float64)
+def _scores(attack: Attack, name: str, signals: Signals, target: int,
+            reference: np.ndarray) -> tuple[np.ndarray, dict]:
+    s, diagnostics = attack.score_with_diagnostics(signals, target, reference)
+    s = np.asarray(s, dtype=np.float64)
     if s.shape != (signals.num_records,):
         raise ValueError(f"attack {name!r} returned scores of shape {s.shape}; "
                          f"expected ({signals.num_records},)")
     if np.isnan(s).any():
         raise ValueError(f"attack {name!r} returned {int(np.isnan(s).sum())} NaN scores for model {target}")
-    return s
+    return s, dict(diagnostics or {})
 
 
 def plan_references(masks: np.ndarray, attacks: Mapping[str, Attack], targets: Sequence[int],
@@ -299,9 +321,10 @@ def evaluate(signals: Signals, attacks: Mapping[str, Attack], targets: Sequence[
         t0 = time.perf_counter()
         score_t, score_s, diags = [], [], []
         for t, s, (ref_t, ref_s) in zip(targets, shadows, refs, strict=True):
-            score_t.append(_scores(attack, name, signals, t, ref_t))
-            diags.append(dict(getattr(attack, "info", {}) or {}))
-            score_s.append(_scores(attack, name, signals, s, ref_s))
+            scores, diag = _scores(attack, name, signals, t, ref_t)
+            score_t.append(scores)
+            diags.append(diag)
+            score_s.append(_scores(attack, name, signals, s, ref_s)[0])
         score_t, score_s = np.stack(score_t), np.stack(score_s)
         summary, rows, curves = summarize(score_t, labels, score_s, masks[shadows], counts=counts, jackknife=jack,
                                           confidence=confidence, ci_method=ci_method, delta=delta)

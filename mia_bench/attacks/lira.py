@@ -25,7 +25,7 @@ Choices the paper leaves open, as the reference code makes them (and exposed as 
 * a record whose IN (or OUT) reference set is empty (possible with Bernoulli masks and few models) takes the
   global estimate for that side: the ``estimator`` over all selected values of that query and the
   ``global`` std; with a single model on one side the per-record std (0) is replaced by that global std.
-  Counts are in ``info``.
+  Counts are in the diagnostics (``diag_*`` in metrics.json).
 """
 
 from __future__ import annotations
@@ -126,19 +126,19 @@ class LiRA(Attack):
         std = np.where((n < 2)[:, None], global_std, std)
         return centre, std + self.std_eps, info
 
-    def score(self, signals: Signals, target: int, reference: np.ndarray) -> np.ndarray:
+    def score_with_diagnostics(self, signals: Signals, target: int, reference: np.ndarray):
         ref = self.check(signals, target, reference, min_reference=1)
         phi_ref = signals.phi[ref]                            # [R, N, Q]
         member = signals.masks[ref]                           # [R, N]
         phi_t = signals.phi[target]                           # [N, Q]
         mu_out, sd_out, info_out = self.fit_side(phi_ref, ~member)
-        self.info = {"n_fallback_out": info_out["n_empty"], "n_single_out": info_out["n_single"]}
+        info = {"n_fallback_out": info_out["n_empty"], "n_single_out": info_out["n_single"]}
         if self.online:
             mu_in, sd_in, info_in = self.fit_side(phi_ref, member)
-            self.info.update(n_fallback_in=info_in["n_empty"], n_single_in=info_in["n_single"])
+            info.update(n_fallback_in=info_in["n_empty"], n_single_in=info_in["n_single"])
             per_query = gaussian_logpdf(phi_t, mu_in, sd_in) - gaussian_logpdf(phi_t, mu_out, sd_out)
         elif self.offline_statistic == "log_tail":
             per_query = log_ndtr((phi_t - mu_out) / sd_out)
         else:
             per_query = -gaussian_logpdf(phi_t, mu_out, sd_out)
-        return per_query.mean(axis=1)
+        return per_query.mean(axis=1), info

@@ -48,6 +48,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from mia_bench.attacks.base import Attack
+from mia_bench.data.splits import complementary_partner
 from mia_bench.signals import Signals
 
 A_GRID = tuple(round(0.1 * i, 1) for i in range(11))   # the offline a values tried by offline_a=auto
@@ -80,21 +81,22 @@ class RMIA(Attack):
         self.tune_models = int(tune_models)
         self.name = name or ("rmia_offline" if self.offline else "rmia")
 
-    def log_ratio(self, signals: Signals, target: int, ref: np.ndarray, a: float | None = None) -> np.ndarray:
-        """``log r(x) = log Pr(x|theta_t) - log Pr(x)`` for every population record, ``[N]``."""
+    def log_ratio(self, signals: Signals, target: int, ref: np.ndarray,
+                  a: float | None = None) -> tuple[np.ndarray, dict[str, float]]:
+        """``log r(x) = log Pr(x|theta_t) - log Pr(x)`` for every population record, ``[N]``, and the diagnostics
+        (offline: the records without an OUT reference model, and ``a`` when it was tuned)."""
         log_p_target = self._log_p_model(signals, target)
         if not self.offline:
             lp_ref = signals.true_log_prob[ref]                        # [R, N, Q]
             log_p_x = logsumexp(lp_ref, axis=(0, 2)) - np.log(lp_ref.shape[0] * lp_ref.shape[2])
-            self.info = {}
-            return log_p_target - log_p_x
+            return log_p_target - log_p_x, {}
         log_p_out, n_fallback = self._log_p_out(signals, ref)
         if a is None:
             a, tuned = (self.tune_a(signals, ref), True) if self.offline_a == "auto" else (self.offline_a, False)
         else:
             tuned = False
-        self.info = {"n_fallback_out": n_fallback, **({"offline_a": a} if tuned else {})}
-        return log_p_target - self._offline_log_p_x(log_p_out, a)
+        info = {"n_fallback_out": n_fallback, **({"offline_a": a} if tuned else {})}
+        return log_p_target - self._offline_log_p_x(log_p_out, a), info
 
     @staticmethod
     def _log_p_model(signals: Signals, model: int) -> np.ndarray:
@@ -130,7 +132,6 @@ class RMIA(Attack):
         Uses only what the attacker knows (reference models and their masks). The AUC of the tie-broken score
         is the AUC of ``log r(x)`` (same order), so ``log r`` is ranked directly. Falls back to 0.3 when the
         references are too few to hold one out (fewer than 2 after dropping the pseudo-target's partner)."""
-        from mia_bench.attacks.evaluate import complementary_partner
         from mia_bench.metrics import roc_auc
 
         aucs = np.zeros(len(A_GRID))
@@ -150,9 +151,9 @@ class RMIA(Attack):
             return 0.3
         return float(A_GRID[int(np.argmax(aucs))])  # first maximum: the smallest a among equals
 
-    def score(self, signals: Signals, target: int, reference: np.ndarray) -> np.ndarray:
+    def score_with_diagnostics(self, signals: Signals, target: int, reference: np.ndarray):
         ref = self.check(signals, target, reference, min_reference=1)
-        log_r = self.log_ratio(signals, target, ref)
+        log_r, info = self.log_ratio(signals, target, ref)
         log_r_z = log_r
         if self.num_z is not None and self.num_z < log_r.size:
             idx = np.random.default_rng(self.seed).choice(log_r.size, size=self.num_z, replace=False)
@@ -160,7 +161,7 @@ class RMIA(Attack):
         sorted_z = np.sort(log_r_z)
         count = np.searchsorted(sorted_z, log_r - np.log(self.gamma), side="left")  # #{z: log r(z) < .}
         if not self.tie_break:
-            return count / sorted_z.size
+            return count / sorted_z.size, info
         d = log_r - log_r_z.mean()                       # mean_z log LR(x, z)
         u = np.minimum(0.5 + np.arctan(d) / np.pi, np.nextafter(1.0, 0.0))
-        return (count + u) / sorted_z.size
+        return (count + u) / sorted_z.size, info

@@ -27,11 +27,22 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from mia_bench.attacks.base import Attack
 from mia_bench.signals import Signals
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """The last fit: for which signals (a weak reference: the attack must not keep them alive) and references."""
+
+    signals: weakref.ref
+    reference: bytes
+    fitted: object
+    rows: int
 
 
 class ShadowModelAttack(Attack):
@@ -101,15 +112,16 @@ class ShadowModelAttack(Attack):
             return clf.predict_proba(x)[:, 1]
 
     def fit(self, signals: Signals, reference: np.ndarray):
-        """The attack classifier(s) trained on the reference models: one, or a dict class -> classifier.
+        """The attack classifier(s) trained on the reference models (one, or a dict class -> classifier) and the
+        number of (model, record) rows they were trained on.
 
-        The last fit is cached per (signals object, reference set): evaluate() scores a target and its
+        The last fit is kept per (signals object, reference set): evaluate() scores a target and its
         calibration shadow against the same references, which then costs one fit instead of two."""
         ref = np.asarray(reference, dtype=np.int64)
         key = ref.tobytes()
-        cached = getattr(self, "_cache", None)
-        if cached is not None and cached[0]() is signals and cached[1] == key:
-            return cached[2]
+        last = getattr(self, "_last_fit", None)
+        if last is not None and last.signals() is signals and last.reference == key:
+            return last.fitted, last.rows
         n = signals.num_records
         total = ref.size * n
         rng = np.random.default_rng(self.seed)
@@ -124,20 +136,19 @@ class ShadowModelAttack(Attack):
                       for c in range(signals.num_classes)}
         else:
             fitted = self._fit(x_train, y_train)
-        self._cache = (weakref.ref(signals), key, fitted, int(rows.size))
-        return fitted
+        self._last_fit = _Fit(weakref.ref(signals), key, fitted, int(rows.size))
+        return fitted, int(rows.size)
 
-    def score(self, signals: Signals, target: int, reference: np.ndarray) -> np.ndarray:
+    def score_with_diagnostics(self, signals: Signals, target: int, reference: np.ndarray):
         ref = self.check(signals, target, reference, min_reference=1)
-        fitted = self.fit(signals, ref)
-        self.info = {"n_train_rows": self._cache[3]}
+        fitted, rows = self.fit(signals, ref)
         n = signals.num_records
         x_test = self.features(signals, np.full(n, target), np.arange(n))
         if not self.per_class:
-            return self._predict(fitted, x_test)
+            return self._predict(fitted, x_test), {"n_train_rows": rows}
         out = np.empty(n)
         for c, clf in fitted.items():
             te = signals.labels == c
             if te.any():
                 out[te] = self._predict(clf, x_test[te])
-        return out
+        return out, {"n_train_rows": rows}

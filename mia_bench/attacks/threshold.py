@@ -54,11 +54,12 @@ class ModifiedEntropyAttack(Attack):
                              f"got {criterion!r}")
         self.criterion = criterion
 
-    def thresholds(self, signals: Signals, reference: np.ndarray) -> np.ndarray:
-        """Class-wise thresholds ``tau[c]`` on ``mentr`` (member iff ``mentr <= tau[c]``) from the references.
+    def thresholds(self, signals: Signals, reference: np.ndarray) -> tuple[np.ndarray, int]:
+        """Class-wise thresholds ``tau[c]`` on ``mentr`` (member iff ``mentr <= tau[c]``) from the references, and
+        the number of classes that fell back.
 
         A class whose pooled reference records lack members or non-members falls back to the threshold fitted
-        on all classes together (counted in ``info['n_fallback_classes']``)."""
+        on all classes together (counted in the diagnostics' ``n_fallback_classes``)."""
         ref = np.asarray(reference, dtype=np.int64)
         values = -signals.mentr[ref, :, 0]                    # [R, N], higher = member
         member = signals.masks[ref]                           # [R, N]
@@ -74,10 +75,9 @@ class ModifiedEntropyAttack(Attack):
                 n_fallback += int(cols.any())
                 continue
             tau[c] = -best_threshold(v, m, balanced=balanced)
-        self.info = {"n_fallback_classes": n_fallback}
-        return tau
+        return tau, n_fallback
 
-    def score(self, signals: Signals, target: int, reference: np.ndarray) -> np.ndarray:
+    def score_with_diagnostics(self, signals: Signals, target: int, reference: np.ndarray):
         ref = self.check(signals, target, reference, min_reference=1)
-        tau = self.thresholds(signals, ref)
-        return tau[signals.labels] - signals.mentr[target, :, 0]
+        tau, n_fallback = self.thresholds(signals, ref)
+        return tau[signals.labels] - signals.mentr[target, :, 0], {"n_fallback_classes": n_fallback}

@@ -249,26 +249,33 @@ def list_image_folder(
     return files, labels, list(classes)
 
 
-def read_images(files: Sequence[Path], image_size: int | None, grayscale: bool) -> np.ndarray:
-    """Decode image files into one uint8 array ``[N, H, W, C]`` (resized to ``image_size`` if given)."""
+def decode_image(source, image_size: int | None, mode: str = "RGB") -> np.ndarray:
+    """One image file (a path or a file object) as uint8 ``[H, W]`` or ``[H, W, C]``, resized (bilinear) to
+    ``image_size x image_size`` if given."""
     from PIL import Image
 
-    mode = "L" if grayscale else "RGB"
+    with Image.open(source) as img:
+        img = img.convert(mode)
+        if image_size is not None and img.size != (image_size, image_size):
+            img = img.resize((image_size, image_size), Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
+
+
+def check_same_size(a: np.ndarray, shape: tuple | None, where: str, hint: str) -> tuple:
+    """The shape every image of a set must have: the first one's; a different one raises, naming ``where``."""
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{where} is {a.shape[1]}x{a.shape[0]} but earlier images are {shape[1]}x{shape[0]}: "
+                         f"set {hint} to resize them all")
+    return a.shape
+
+
+def read_images(files: Sequence[Path], image_size: int | None, grayscale: bool) -> np.ndarray:
+    """Decode image files into one uint8 array ``[N, H, W, C]`` (resized to ``image_size`` if given)."""
     arrays = []
     shape = None
     for p in files:
-        with Image.open(p) as img:
-            img = img.convert(mode)
-            if image_size is not None and img.size != (image_size, image_size):
-                img = img.resize((image_size, image_size), Image.BILINEAR)
-            a = np.asarray(img, dtype=np.uint8)
-        if shape is None:
-            shape = a.shape
-        elif a.shape != shape:
-            raise ValueError(
-                f"{p} is {a.shape[1]}x{a.shape[0]} but earlier images are {shape[1]}x{shape[0]}: "
-                "set image_size (e.g. dataset.loader.image_size=32) to resize them all"
-            )
+        a = decode_image(p, image_size, "L" if grayscale else "RGB")
+        shape = check_same_size(a, shape, str(p), "image_size (e.g. dataset.loader.image_size=32)")
         arrays.append(a)
     if not arrays:
         raise ValueError("no images to read")

@@ -25,7 +25,7 @@ import numpy as np
 
 from mia_bench.data.base import DatasetUnavailableError
 from mia_bench.data.downloads import abs_dir, unavailable
-from mia_bench.data.files import IMG_EXTENSIONS
+from mia_bench.data.files import IMG_EXTENSIONS, check_same_size, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -105,23 +105,11 @@ def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
 
 def _decode(members: Iterator[tuple[str, str, str, bytes]], image_size: int | None) -> DecodedTree:
     """Decode every image (PIL; no library decodes a batch of JPEGs faster on a CPU) into one array per split."""
-    from PIL import Image
-
     found: dict[str, list[tuple[str, str, np.ndarray]]] = {s: [] for s in SPLITS}
     shape = None
     for split, cls, name, data in members:
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB")
-            if image_size is not None and img.size != (image_size, image_size):
-                img = img.resize((image_size, image_size), Image.BILINEAR)
-            a = np.asarray(img, dtype=np.uint8)
-        if shape is None:
-            shape = a.shape
-        elif a.shape != shape:
-            raise ValueError(
-                f"{split}/{cls}/{name} is {a.shape[1]}x{a.shape[0]} but earlier images are {shape[1]}x{shape[0]}: "
-                "set dataset.loader.image_size to resize them all"
-            )
+        a = decode_image(io.BytesIO(data), image_size)
+        shape = check_same_size(a, shape, f"{split}/{cls}/{name}", "dataset.loader.image_size")
         found[split].append((cls, name, a))
     classes = sorted({cls for split in SPLITS for cls, _, _ in found[split]})
     index = {c: i for i, c in enumerate(classes)}

@@ -121,6 +121,15 @@ def make_masks(num_records: int, num_models: int, scheme: str = "paired", seed: 
     raise ValueError(f"membership.scheme={scheme!r}: expected one of 'paired', 'bernoulli'")
 
 
+def complementary_partner(masks: np.ndarray, model: int) -> int | None:
+    """``model ^ 1`` when its mask is the complement of ``model``'s (the paired-halves scheme), else None: a pair
+    whose masks reveal each other, which the attacks and the evaluator must keep apart."""
+    partner = model ^ 1
+    if partner < masks.shape[0] and np.array_equal(masks[model], ~masks[partner]):
+        return partner
+    return None
+
+
 def model_seed(base_seed: int, k: int) -> int:
     """Seed of model k (initialisation, batch order, augmentation): depends only on the run seed and k, so adding
     models never changes existing ones."""

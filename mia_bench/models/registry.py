@@ -1,9 +1,10 @@
-"""Model registry (in the manner of timm) and the ``Classifier`` base every model derives from.
+"""The ``Classifier`` base every model derives from, and the model registry (in the manner of timm).
 
-A family module registers a builder ``fn(input_shape, num_classes, **kwargs) -> Classifier`` under a name
-with ``@register_model("name")``; the pipeline builds models with :func:`create_model` (directly, or through
-``hydra.utils.instantiate(cfg.model, input_shape=..., num_classes=...)`` with the configs of
-``conf/model/``).
+A model is its builder, ``fn(input_shape, num_classes, **options) -> nn.Module``: a config selects it by naming it
+(``_target_: mia_bench.models.cnn.cnn`` in ``conf/model/cnn.yaml``), and
+:func:`~mia_bench.models.adapter.build_model` calls it. The registry is sugar over the same functions for the Python
+API: ``@register_model("name")`` on a builder (a plain decorator, which stores the function and returns it
+unchanged) lets :func:`create_model` find it by a short name, and tables use that name for a registered builder.
 
 Every model has the same outer shape so that defenses and attacks can work on the penultimate layer::
 
@@ -33,6 +34,7 @@ __all__ = [
     "list_models",
     "make_norm2d",
     "register_model",
+    "registered_name",
 ]
 
 Builder = Callable[..., "Classifier"]
@@ -159,8 +161,14 @@ def get_model_builder(name: str) -> Builder:
     return MODELS.get(name)
 
 
+def registered_name(builder: object) -> str | None:
+    """The name ``builder`` is registered under, or None (the reverse of :func:`get_model_builder`)."""
+    return next((name for name in MODELS.names() if MODELS.get(name) is builder), None)
+
+
 def create_model(name: str, input_shape: Sequence[int], num_classes: int, **kwargs) -> Classifier:
-    """Build the registered model ``name`` for inputs of shape ``input_shape`` (without the batch dim).
+    """Build the registered model ``name`` for inputs of shape ``input_shape`` (without the batch dim): its builder
+    called with ``input_shape``, ``num_classes`` and ``kwargs``, as ``build_model`` calls it for a config.
 
     Raises ``ValueError`` for an unknown name and ``TypeError`` for a keyword argument the builder does
     not accept (both messages list what is accepted).

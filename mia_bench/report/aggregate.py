@@ -12,16 +12,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mia_bench.cache.keys import MODEL_NEUTRAL_KEYS
+
 log = logging.getLogger(__name__)
 
 
-#: Config keys that never tell two cells apart: where things are written, how training is run (not what it
-#: computes), display and logging, the cache, and the attack nodes (each record names its attack).
-IGNORED_KEYS = ("paths.", "logger.", "cache.", "data.", "shard.", "attack.", "hydra.", "cpu_threads", "jobs_per_gpu",
-                "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
-                "trainer.default_root_dir", "trainer.enable_checkpointing", "trainer.accelerator", "trainer.devices",
-                "trainer.num_nodes", "train.engine", "train.ensemble_size", "dataset.loader.root",
-                "dataset.loader.path", "dataset.loader.download", "signals.batch_size")
+#: Config keys that never tell two cells apart, by reason (each covers the keys under it: ``paths`` covers
+#: ``paths.output_dir``). First the recipe keys that do not change the models: the cache's own table
+#: (:data:`~mia_bench.cache.keys.MODEL_NEUTRAL_KEYS`), so runs that share their models share their cell.
+#: Where a run reads, writes and logs:
+LOCATION_KEYS = ("paths", "logger", "cache", "data", "hydra")
+#: How a run is executed and shown, not what it computes (the same figures either way):
+EXECUTION_KEYS = ("shard", "cpu_threads", "jobs_per_gpu", "signals.batch_size", "progress", "figures")
+#: The attacks: each record names its attack, and the tables give every attack its own column.
+ATTACK_KEYS = ("attack",)
+IGNORED_KEYS = (*MODEL_NEUTRAL_KEYS, *LOCATION_KEYS, *EXECUTION_KEYS, *ATTACK_KEYS)
 #: Keys whose runs are repetitions of one cell: averaged over (mean and spread across seeds), not rows of their own.
 SEED_KEYS = ("cfg/seed", "cfg/membership.seed")
 CFG = "cfg/"
@@ -38,6 +43,11 @@ def _flatten(node, prefix: str = "") -> dict:
     return out
 
 
+def ignored(key: str) -> bool:
+    """Whether the dotted config ``key`` is one of :data:`IGNORED_KEYS` or under one."""
+    return any(key == k or key.startswith(k + ".") for k in IGNORED_KEYS)
+
+
 def _run_config(run_dir: Path) -> dict:
     """The run's resolved config (``config.yaml``), flattened to ``cfg/<dotted key>`` columns ({} without one)."""
     path = run_dir / "config.yaml"
@@ -50,7 +60,7 @@ def _run_config(run_dir: Path) -> dict:
     except Exception as err:  # noqa: BLE001 - a damaged config makes the run anonymous, not the report fail
         log.warning("%s: unreadable (%s); the run's config is not used to tell cells apart", path, err)
         return {}
-    return {f"{CFG}{k}": v for k, v in _flatten(node).items() if not k.startswith(IGNORED_KEYS)}
+    return {f"{CFG}{k}": v for k, v in _flatten(node).items() if not ignored(k)}
 
 
 def collect(paths: Iterable[str | Path]) -> pd.DataFrame:

@@ -1,7 +1,6 @@
 """Training the K models of a cell: the classifier LightningModule, tensor batching, the loop over models, and the
 query path that reads a trained model's outputs."""
 
-from mia_bench.training import cuda_probe  # noqa: F401  (first: keeps torch's CUDA probe cheap without a GPU)
 from mia_bench.training.loader import TensorBatchLoader
 from mia_bench.training.module import ClassifierModule
 from mia_bench.training.train import Recipe, TrainedModel, train_models

@@ -6,14 +6,14 @@ trying to load NVML first, and on a machine without the driver that load fails a
 and AdamW make that call at every step (their graph-capture health check), which cost 0.1 ms per step: 9-12% of
 the default cell's one-model-at-a-time training on a CPU (measured side by side, 16.3 s against 17.9 s). Where no
 GPU is available there is nothing for the probe to protect (torch then falls back to the CUDA runtime call anyway),
-so the plain runtime probe is restored; where a GPU is available Lightning's setting is left as it is.
+so the plain runtime probe is restored; where a GPU is available Lightning's setting is left as it is. Training
+calls :func:`keep_cuda_probe_cheap` before it starts (once is enough: a later call changes nothing).
 """
 
 from __future__ import annotations
 
 import os
 
-import lightning.pytorch  # noqa: F401  (imported first: it sets the variable reset below)
 import torch
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
@@ -25,6 +25,3 @@ def keep_cuda_probe_cheap() -> bool:
         os.environ[NVML_CHECK] = "0"
         return True
     return False
-
-
-keep_cuda_probe_cheap()

@@ -90,6 +90,29 @@ class ClassifierModule(pl.LightningModule):
         self.train_data = train
         self.public_data = public
 
+    def release_training(self, public: ArrayData | None, predictor: Predictor | None) -> None:
+        """What a trained (or restored) model keeps: the public split and its inference-time defense, not its own
+        records or its trainer, which holds the loader and with it the model's copy of its training tensors (about
+        300 MB per CIFAR-10 model, which K models would otherwise keep alive)."""
+        self.trainer = None
+        self.attach_data(None, public)
+        self.predictor = predictor
+
+    def stored_state(self) -> dict:
+        """What training leaves on the module besides its weights and artifacts, as the cache stores it."""
+        return {"defense_info": dict(self.defense_info), "train_mode": self.training,
+                "train_loss": self.final_train_loss, "history": self.history}
+
+    def restore(self, state_dict: dict[str, torch.Tensor], artifacts: dict[str, np.ndarray], stored: dict) -> None:
+        """The module as its training left it, from a cache entry: weights (strictly: a structure that changed
+        under the same key raises), then :meth:`stored_state`'s figures, curves and train/eval mode."""
+        self.load_state_dict(state_dict, strict=True)
+        self.defense_info = {name: float(v) for name, v in (stored.get("defense_info") or {}).items()}
+        self.final_train_loss = float(stored.get("train_loss", math.nan))
+        self.artifacts = dict(artifacts)
+        self.history = list(stored.get("history") or [])
+        self.train(bool(stored.get("train_mode", False)))
+
     def init_from_data(self) -> None:
         """Data-dependent initialisation of the model from its own training records, where the architecture has one
         (fastnet's whitening layer); called before training by both training paths."""

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +22,7 @@ from mia_bench.data.base import ArrayData
 from mia_bench.data.splits import Splits, model_seed
 from mia_bench.loggers import flat_hparams, logger_kind, model_logger
 from mia_bench.models.adapter import build_model
+from mia_bench.training.cuda_probe import keep_cuda_probe_cheap
 from mia_bench.training.ensemble import EnsembleLoader, EnsembleModule, RandomState, ensemble_obstacle
 from mia_bench.training.loader import TensorBatchLoader
 from mia_bench.training.module import ClassifierModule
@@ -114,67 +114,93 @@ def train_models(
 ) -> list[TrainedModel]:
     """Model k trained on ``splits.population[masks[k]]`` for every k in ``indices`` (default: all).
 
-    Models train in groups in the ensemble path where that is exact, one at a time otherwise (``train.engine``;
-    :func:`choose_engine` logs which and why). With a ``cache``, a model whose key is stored is loaded instead of
-    trained, and each trained model (each group, in the ensemble path) is stored as soon as it is done, so an
-    interrupted run resumes there and a larger K trains only the new models.
+    What is cached is loaded; the rest trains in groups in the ensemble path where that is exact, one at a time
+    otherwise (``train.engine``; :func:`choose_engine` logs which and why). Each trained model (each group, in the
+    ensemble path) is stored as soon as it is done, so an interrupted run resumes there and a larger K trains only
+    the new models.
     """
+    keep_cuda_probe_cheap()  # after Lightning's import set it (see cuda_probe)
     indices = list(range(masks.shape[0]) if indices is None else indices)
     build_predictor(recipe, splits.public, model_seed(recipe.seed, 0))  # fail fast on a bad defense.predict
     keys = {k: cache.model_key(k, model_seed(recipe.seed, k), masks[k]) for k in indices} if cache else {}
-    done: dict[int, TrainedModel] = {}
-    if cache is not None:  # what is stored is loaded, whatever the engine
-        for k in indices:
-            if (m := load_cached_model(recipe, splits, cache, keys[k], k, model_seed(recipe.seed, k))) is not None:
-                done[k] = m
-                progress.advance("models")
-    missing = [k for k in indices if k not in done]
-    lightning_log = logging.getLogger("lightning.pytorch")
-    if missing and choose_engine(recipe, splits, callbacks_for, len(missing)) == "ensemble":
-        size = recipe.train.get("ensemble_size") or memory_group_size(recipe, splits, len(missing))
-        for group in ensemble_groups(missing, masks, size):
-            with cache.claim({k: keys[k] for k in group}) if cache else nullcontext(set(group)) as claimed:
-                mine = [k for k in group if k in claimed]
-                for m in fit_group(recipe, splits, masks, mine, keys, callbacks_for):
-                    done[m.index] = m
-                    progress.advance("models")
-                    if cache is not None:
-                        store_model(cache, m, model_seed(recipe.seed, m.index))
-            lightning_log.setLevel(logging.WARNING)  # Lightning's banner ("GPU available ...") once
-    fitted = 0
-
-    def obtain(k: int) -> TrainedModel:
-        """Model k from the cache, or trained (and then stored at once: a run killed later resumes after it)."""
-        nonlocal fitted
-        seed, key = model_seed(recipe.seed, k), keys.get(k)
-        loaded = load_cached_model(recipe, splits, cache, key, k, seed) if cache is not None else None
-        if loaded is not None:
-            progress.advance("models")
-            return loaded
-        if fitted == 1:  # Lightning's banner ("GPU available ...") once, not K times
-            lightning_log.setLevel(logging.WARNING)
-        extra = callbacks_for(k) if callbacks_for else []
-        log.info("training model %d (%d/%d) on %d records (seed %d)", k, indices.index(k) + 1, len(indices),
-                 int(masks[k].sum()), seed)
-        module, seconds = fit_model(recipe, splits, masks[k], seed, k, extra)
-        fitted += 1
-        trained = TrainedModel(k, module, seconds, from_cache=False, key=key)
-        progress.advance("models")
-        if cache is not None:
-            store_model(cache, trained, seed)
-        return trained
-
-    rest = [k for k in indices if k not in done]  # one at a time, or left by another job building them
-    if cache is None:
-        done |= {k: obtain(k) for k in rest}
-    elif rest:
-        done |= cache.obtain_all({k: keys[k] for k in rest}, obtain)
+    done = {k: m for k in keys if (m := load_stored(recipe, splits, cache, keys[k], k)) is not None}
+    plan = Plan(recipe, splits, masks, keys, callbacks_for, cache, indices)
+    with lightning_banner_once() as fitted:
+        missing = [k for k in indices if k not in done]
+        if missing and choose_engine(recipe, splits, callbacks_for, len(missing)) == "ensemble":
+            done |= train_together(plan, missing, fitted)
+        done |= train_one_at_a_time(plan, [k for k in indices if k not in done], fitted)
     if cache is not None:
         fits = sum(not m.from_cache for m in done.values())
         log.info("models: %d from the cache, %d trained (cache %s)", len(done) - fits, fits, cache.store.root)
         replay_curves(recipe, [done[k] for k in indices if done[k].from_cache])
-    lightning_log.setLevel(logging.NOTSET)
     return [done[k] for k in indices]
+
+
+@dataclass
+class Plan:
+    """What both training paths need to know about the models to train (see :func:`train_models`)."""
+
+    recipe: Recipe
+    splits: Splits
+    masks: np.ndarray
+    keys: dict[int, str]  # model index -> cache key (empty when the cache is off)
+    callbacks_for: CallbackFactory | None
+    cache: ModelCache | None
+    indices: list[int]  # every model asked for, in order (for the log lines' "model i of n")
+
+    def finished(self, m: TrainedModel) -> TrainedModel:
+        """A model just trained: counted, and stored at once (a run killed later resumes after it)."""
+        progress.advance("models")
+        if self.cache is not None:
+            store_model(self.cache, m, model_seed(self.recipe.seed, m.index))
+        return m
+
+
+@contextmanager
+def lightning_banner_once() -> Iterator[Callable[[], None]]:
+    """Lightning prints its banner ("GPU available ...") at every fit: the block's first fit keeps it, later ones
+    are quiet (call the yielded function after each fit). The logger's level is restored on leaving the block."""
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    try:
+        yield lambda: lightning_log.setLevel(max(level, logging.WARNING))
+    finally:
+        lightning_log.setLevel(level)
+
+
+def train_together(plan: Plan, ks: list[int], fitted: Callable[[], None]) -> dict[int, TrainedModel]:
+    """Models ``ks`` in groups of the ensemble path; a model another job is building is left to the one-at-a-time
+    pass (which waits for it)."""
+    recipe, cache, done = plan.recipe, plan.cache, {}
+    size = recipe.train.get("ensemble_size") or memory_group_size(recipe, plan.splits, len(ks))
+    for group in ensemble_groups(ks, plan.masks, size):
+        with cache.claim({k: plan.keys[k] for k in group}) if cache else nullcontext(set(group)) as claimed:
+            for m in fit_group(recipe, plan.splits, plan.masks, [k for k in group if k in claimed], plan.keys,
+                               plan.callbacks_for):
+                done[m.index] = plan.finished(m)
+        fitted()
+    return done
+
+
+def train_one_at_a_time(plan: Plan, ks: list[int], fitted: Callable[[], None]) -> dict[int, TrainedModel]:
+    """Models ``ks`` one after another, each under its cache lock: loaded if another job stored it meanwhile."""
+    recipe, cache = plan.recipe, plan.cache
+
+    def obtain(k: int) -> TrainedModel:
+        key = plan.keys.get(k)
+        if cache is not None and (loaded := load_stored(recipe, plan.splits, cache, key, k)) is not None:
+            return loaded
+        log.info("training model %d (%d/%d) on %d records (seed %d)", k, plan.indices.index(k) + 1,
+                 len(plan.indices), int(plan.masks[k].sum()), model_seed(recipe.seed, k))
+        extra = plan.callbacks_for(k) if plan.callbacks_for else []
+        module, seconds = fit_model(recipe, plan.splits, plan.masks[k], k, extra)
+        fitted()
+        return plan.finished(TrainedModel(k, module, seconds, from_cache=False, key=key))
+
+    if cache is None:
+        return {k: obtain(k) for k in ks}
+    return cache.obtain_all({k: plan.keys[k] for k in ks}, obtain) if ks else {}
 
 
 def replay_curves(recipe: Recipe, cached: list[TrainedModel]) -> None:
@@ -199,11 +225,9 @@ def replay_curves(recipe: Recipe, cached: list[TrainedModel]) -> None:
 
 
 def store_model(cache: ModelCache, m: TrainedModel, seed: int) -> None:
-    """Model ``m`` into the cache with what loading it needs besides its weights."""
-    module = m.module
-    meta = {"seed": seed, "seconds": m.seconds, "defense_info": dict(module.defense_info),
-            "train_mode": module.training, "train_loss": module.final_train_loss, "history": module.history}
-    cache.save_model(m.key, m.index, module.state_dict(), module.artifacts, meta)
+    """Model ``m`` into the cache with what restoring it needs besides its weights."""
+    meta = {"seed": seed, "seconds": m.seconds, **m.module.stored_state()}
+    cache.save_model(m.key, m.index, m.module.state_dict(), m.module.artifacts, meta)
 
 
 def choose_engine(recipe: Recipe, splits: Splits, callbacks_for: CallbackFactory | None, count: int) -> str:
@@ -272,6 +296,34 @@ def ensemble_groups(ks: Sequence[int], masks: np.ndarray, size: int | None) -> l
     return [group[i : i + size] for group in by_count.values() for i in range(0, len(group), size)]
 
 
+def new_member(recipe: Recipe, splits: Splits, k: int) -> ClassifierModule:
+    """Model k's module, seeded: both training paths and the cache build it so (the same initial weights)."""
+    pl.seed_everything(model_seed(recipe.seed, k), workers=False, verbose=False)
+    module = build_module(recipe, splits)
+    module.index = k
+    return module
+
+
+def feed_member(module: ClassifierModule, recipe: Recipe, splits: Splits, mask: np.ndarray, k: int,
+                device: torch.device):
+    """Model k's training batches on ``device``, and its own records and the public split on the module (for the
+    defenses that read them and for a data-dependent initialisation, which runs here)."""
+    member = torch.from_numpy(np.flatnonzero(mask))
+    x, y = splits.population.x[member].to(device), splits.population.y[member].to(device)
+    loader = module.make_train_loader(x, y, int(recipe.train.batch_size), bool(recipe.train.drop_last),
+                                      model_seed(recipe.seed, k))
+    module.attach_data(splits.population.subset(member), splits.public)
+    module.init_from_data()
+    return loader
+
+
+def finish_member(module: ClassifierModule, recipe: Recipe, splits: Splits, k: int, device: torch.device) -> None:
+    """A trained or restored model as the queries use it: on ``device``, behind its inference-time defense, without
+    its training records or trainer."""
+    module.to(device)
+    module.release_training(splits.public, build_predictor(recipe, splits.public, model_seed(recipe.seed, k)))
+
+
 def fit_group(
     recipe: Recipe, splits: Splits, masks: np.ndarray, ks: Sequence[int], keys: dict[int, str],
     callbacks_for: CallbackFactory | None = None,
@@ -280,92 +332,61 @@ def fit_group(
     if not ks:
         return []
     device = resolve_device(recipe.trainer)
-    members, states, loaders, loggers, callbacks = [], [], [], [], []
+    members, states, loaders = [], [], []
     for k in ks:
-        seed = model_seed(recipe.seed, k)
-        pl.seed_everything(seed, workers=False, verbose=False)  # as fit_model: the same initial weights
-        module = build_module(recipe, splits)
-        module.index = k
-        states.append(RandomState(device))
-        member = torch.from_numpy(np.flatnonzero(masks[k]))
-        x, y = splits.population.x[member].to(device), splits.population.y[member].to(device)
-        loaders.append(module.make_train_loader(x, y, int(recipe.train.batch_size), bool(recipe.train.drop_last), seed))
-        module.attach_data(splits.population.subset(member), splits.public)
-        module.init_from_data()
-        members.append(module)
-        loggers.append(model_logger(recipe.logger, k, recipe.hparams))
-        callbacks.append(member_callbacks(recipe, k, callbacks_for))
+        members.append(new_member(recipe, splits, k))
+        states.append(RandomState(device))  # the member's random stream from here on, as if it trained alone
+        loaders.append(feed_member(members[-1], recipe, splits, masks[k], k, device))
     log.info("training models %s together on %d records each", list(ks), int(masks[ks[0]].sum()))
     # vmap on a GPU (one kernel launch for G models); on a CPU only for models without convolutions (see forward).
     convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in members[0].model.modules())
-    ensemble = EnsembleModule(members, states, loggers, vectorize=device.type == "cuda" or not convolutional,
-                              callbacks=callbacks)
+    ensemble = EnsembleModule(members, states, [model_logger(recipe.logger, k, recipe.hparams) for k in ks],
+                              vectorize=device.type == "cuda" or not convolutional,
+                              callbacks=[member_callbacks(recipe, k, callbacks_for) for k in ks])
     trainer = instantiate(recipe.trainer, logger=False, callbacks=[])
     t0 = time.perf_counter()
     trainer.fit(ensemble, train_dataloaders=EnsembleLoader(loaders))
     seconds = (time.perf_counter() - t0) / len(ks)
     out = []
     for k, module in zip(ks, ensemble.unstack(), strict=True):
-        module.to(device)
-        module.predictor = build_predictor(recipe, splits.public, model_seed(recipe.seed, k))
-        module.train_data = None
+        finish_member(module, recipe, splits, k, device)
         out.append(TrainedModel(k, module, seconds, from_cache=False, key=keys.get(k)))
     return out
 
 
 def fit_model(
-    recipe: Recipe, splits: Splits, mask: np.ndarray, seed: int, k: int, callbacks: Sequence[pl.Callback] = ()
+    recipe: Recipe, splits: Splits, mask: np.ndarray, k: int, callbacks: Sequence[pl.Callback] = ()
 ) -> tuple[ClassifierModule, float]:
     """Train model k on ``splits.population[mask]``; returns the module and its training seconds."""
-    pl.seed_everything(seed, workers=False, verbose=False)
-    module = build_module(recipe, splits)
-    module.index = k
+    module = new_member(recipe, splits, k)
     trainer = build_trainer(recipe, k, callbacks)
     device = trainer.strategy.root_device
-    member = torch.from_numpy(np.flatnonzero(mask))
-    x = splits.population.x[member].to(device)
-    y = splits.population.y[member].to(device)
-    loader = module.make_train_loader(x, y, int(recipe.train.batch_size), bool(recipe.train.drop_last), seed)
-    module.attach_data(splits.population.subset(member), splits.public)
-    module.init_from_data()
+    loader = feed_member(module, recipe, splits, mask, k, device)
     val = validation_loader(recipe.train, splits, device)
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=val)
     seconds = time.perf_counter() - t0
-    module.to(device)
-    module.predictor = build_predictor(recipe, splits.public, seed)
-    # Drop what only training needed: the trainer holds the loader and with it this model's copy of its
-    # training tensors (about 300 MB per CIFAR-10 model), which K models would otherwise keep alive.
-    module._trainer = None
-    module.train_data = None
+    finish_member(module, recipe, splits, k, device)
     return module, seconds
 
 
-def load_cached_model(
-    recipe: Recipe, splits: Splits, cache: ModelCache, key: str, k: int, seed: int
-) -> TrainedModel | None:
-    """Model k from the cache, rebuilt exactly as training builds it (``build_module``: same defense subclass,
-    same BatchNorm->GroupNorm fix for DP-SGD, same MID head), then its weights, ``defense_info``, ``artifacts``
-    and predictor as after training; None on a miss (a stored entry that no longer fits is removed)."""
-    hit = cache.load_model(key)
+def load_stored(recipe: Recipe, splits: Splits, cache: ModelCache | None, key: str | None,
+                k: int) -> TrainedModel | None:
+    """Model k from the cache, built as training builds it (same defense subclass, same BatchNorm->GroupNorm fix for
+    DP-SGD, same MID head) and restored as its training left it; None on a miss or without a cache (a stored entry
+    whose structure no longer fits is removed)."""
+    hit = cache.load_model(key) if cache is not None else None
     if hit is None:
         return None
     state, artifacts, meta = hit
-    pl.seed_everything(seed, workers=False, verbose=False)  # module construction draws initial weights
-    module = build_module(recipe, splits)
+    module = new_member(recipe, splits, k)
     try:
-        module.load_state_dict(state, strict=True)
+        module.restore(state, artifacts, meta)
     except RuntimeError as err:  # the module's structure changed under the same key (code edited, same version)
         cache.invalidate_model(key, f"incompatible with the model built now ({err})")
         return None
-    module.defense_info = {name: float(v) for name, v in (meta.get("defense_info") or {}).items()}
-    module.index, module.final_train_loss = k, float(meta.get("train_loss", math.nan))
-    module.artifacts = dict(artifacts)
-    module.history = list(meta.get("history") or [])
-    module.train(bool(meta.get("train_mode", False)))
-    module.to(resolve_device(recipe.trainer))
-    module.attach_data(None, splits.public)  # as after training: own records dropped, public split kept
-    module.predictor = build_predictor(recipe, splits.public, seed)
+    finish_member(module, recipe, splits, k, resolve_device(recipe.trainer))
+    progress.advance("models")
     return TrainedModel(k, module, float(meta.get("seconds", 0.0)), from_cache=True, key=key)
 
 
