@@ -2,7 +2,8 @@
 (the machine is shared and noisy, so absolute times mean little):
 
 * a plain PyTorch loop doing the same work (same models, optimizer, batches, epochs, augmentation), one model
-  after another: what a researcher would write by hand;
+  after another: what a researcher would write by hand; for a CNN cell twice, in the default NCHW layout and in
+  channels_last (NHWC), and the ratios are to the faster of the two;
 * the same loop as the smallest LightningModule and a bare ``Trainer``: Lightning's own per-step cost, the floor
   under any Lightning path that trains one model at a time;
 * mia_bench's Lightning path one model at a time (``train.engine=sequential``);
@@ -53,31 +54,43 @@ CELLS = {
 }
 
 
-def model_and_batches(cfg, splits, masks, k: int):
-    """Model ``k`` as the cell builds it (its seed) and its own member batches, for the hand-written sides."""
+def model_and_batches(cfg, splits, masks, k: int, channels_last: bool = False):
+    """Model ``k`` as the cell builds it (its seed) and its own member batches, for the hand-written sides, with its
+    weights in the layout asked for (the module would choose NHWC for a CNN by itself)."""
     seed = model_seed(cfg.seed, k)
     torch.manual_seed(seed)
     model = build_module(Recipe.from_config(cfg), splits).model
+    model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     member = torch.from_numpy(np.flatnonzero(masks[k]))
     return model, TensorBatchLoader(
         splits.population.x[member], splits.population.y[member], cfg.train.batch_size, seed=seed
     )
 
 
-def plain_loop(cfg, splits, masks) -> None:
-    """The same modules, a bare loop over pre-batched tensors, one model after another."""
+def convolutional(cfg, splits) -> bool:
+    return any(isinstance(m, torch.nn.Conv2d) for m in build_module(Recipe.from_config(cfg), splits).model.modules())
+
+
+def plain_loop(cfg, splits, masks, channels_last: bool = False) -> bool:
+    """The same modules, a bare loop over pre-batched tensors, one model after another (``channels_last``: NHWC
+    weights and batches, only for a model with convolutions; False where it does not apply)."""
+    if channels_last and not convolutional(cfg, splits):
+        return False
     aug = cfg.dataset.train_augment
     for k in range(cfg.num_models):
-        model, loader = model_and_batches(cfg, splits, masks, k)
+        model, loader = model_and_batches(cfg, splits, masks, k, channels_last)
         opt = instantiate(cfg.train.module.optimizer)(model.parameters())
         model.train()
         for _ in range(cfg.train.epochs):
             for x, y in loader:
                 x = random_crop_flip(x, aug.crop_padding, aug.hflip)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 loss = F.cross_entropy(model(x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+    return True
 
 
 class BareModule(pl.LightningModule):
@@ -88,17 +101,21 @@ class BareModule(pl.LightningModule):
         self.model, self.optimizer, self.aug = model, optimizer, aug
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self.model(random_crop_flip(x, self.aug.crop_padding, self.aug.hflip)), y)
+        x = random_crop_flip(batch[0], self.aug.crop_padding, self.aug.hflip)
+        if x.dim() == 4 and next(self.model.parameters()).is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return F.cross_entropy(self.model(x), batch[1])
 
     def configure_optimizers(self):
         return self.optimizer(self.model.parameters())
 
 
 def bare_lightning(cfg, splits, masks) -> None:
-    """The plain loop's work through a bare Lightning fit, one model after another."""
+    """The plain loop's work through a bare Lightning fit, one model after another, in the layout the module would
+    choose (NHWC for a CNN)."""
+    layout = convolutional(cfg, splits)
     for k in range(cfg.num_models):
-        model, loader = model_and_batches(cfg, splits, masks, k)
+        model, loader = model_and_batches(cfg, splits, masks, k, layout)
         trainer = pl.Trainer(max_epochs=cfg.train.epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
         trainer.fit(BareModule(model, instantiate(cfg.train.module.optimizer), cfg.dataset.train_augment), loader)
@@ -130,6 +147,17 @@ def stacked_ceiling(cfg, splits, masks) -> bool:
     return True
 
 
+def cell_work(cfg, splits, masks) -> tuple[int, float]:
+    """(records trained on by the cell, all models and epochs; training FLOPs per record, forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, loader = model_and_batches(cfg, splits, masks, 0)
+    x, y = next(iter(loader))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return int(masks.sum()) * int(cfg.train.epochs), counter.get_total_flops() / len(x)
+
+
 def lightning(engine: str):
     def train(cfg, splits, masks) -> None:
         recipe = Recipe.from_config(cfg)
@@ -139,7 +167,8 @@ def lightning(engine: str):
     return train
 
 
-SIDES = {"plain loop": plain_loop, "bare Lightning (floor)": bare_lightning,
+SIDES = {"plain loop": plain_loop, "plain, channels_last": lambda *a: plain_loop(*a, channels_last=True),
+         "bare Lightning (floor)": bare_lightning,
          "Lightning, one at a time": lightning("sequential"), "Lightning, ensemble": lightning("ensemble"),
          "stacked, no framework": stacked_ceiling}
 
@@ -166,15 +195,22 @@ def main() -> None:
                     t0 = time.perf_counter()
                     applies = train(cfg, splits, masks) is not False
                     best[side] = min(best[side], time.perf_counter() - t0) if applies else float("nan")
-            rows.append((name, best))
+            rows.append((name, best, cell_work(cfg, splits, masks) if convolutional(cfg, splits) else None))
     print(f"\nBest of {args.repeats} alternating repeats, {torch.get_num_threads()} torch thread(s); "
-          "speed relative to the plain loop (higher is faster)")
+          "speed relative to the faster plain loop (higher is faster)")
     print(f"{'cell':<56}" + "".join(f"{side:>26}" for side in SIDES))
-    for name, best in rows:
-        base = best["plain loop"]
+    for name, best, _ in rows:
+        base = min(t for t in (best["plain loop"], best["plain, channels_last"]) if t == t)
         cells = "".join(f"{f'{t:.2f} s ({base / t:.2f}x)' if t == t else 'n/a':>26}" for t in best.values())
         print(f"{name:<56}{cells}")
-
+    for name, best, work in rows:
+        if work is None:
+            continue
+        records, flops = work
+        print(f"\n{name}: records/s and GFLOP/s (training forward and backward, counted by torch's FlopCounterMode)")
+        for side, t in best.items():
+            if t == t:
+                print(f"  {side:<28}{records / t:>9.0f} records/s {records * flops / t / 1e9:>7.1f} GFLOP/s")
 
 if __name__ == "__main__":
     main()

@@ -154,8 +154,9 @@ class EnsembleModule(pl.LightningModule):
         params, buffers = list(self.stacked), self.stacked_buffers()
         if self.vectorize:
             return self._forward(params, buffers, x)
+        layout = self.members[0].layout  # a member's 4-D batch can take the NHWC layout; a stack of them cannot
         return torch.stack([
-            self._member_forward([p[k] for p in params], [b[k] for b in buffers], x[k]) for k in range(len(x))
+            self._member_forward([p[k] for p in params], [b[k] for b in buffers], layout(x[k])) for k in range(len(x))
         ])
 
     # --------------------------------------------------------------------------------------------- training
