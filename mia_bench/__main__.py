@@ -212,9 +212,31 @@ def _hydra_main(cfg: DictConfig) -> None:
         raise SystemExit(status)
 
 
+def preflight(args: list[str]) -> None:
+    """Refuse a misspelt option or key, and (one run) a bad value, before Hydra starts a job or torch is imported:
+    one line naming it, exit status 2, as for every bad option or value."""
+    from hydra.errors import HydraException
+
+    from mia_bench.config import compose
+    from mia_bench.validation import check_config, check_overrides
+
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    try:
+        check_overrides(overrides)
+        flags = {"-m", "--multirun", "--help", "-h", "--hydra-help", "--info", "--cfg", "-c"}
+        if not flags & set(args):  # a sweep's jobs check their own values
+            check_config(compose(overrides, strict=False))
+    except (ValueError, HydraException) as err:
+        logging.basicConfig(format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+        log.error("%s: %s", type(err).__name__, err)
+        sys.exit(2)
+
+
 def main() -> None:
     register()  # the resolvers and attack bundles the config tree uses (multirun workers get copies from here)
     sys.argv = [sys.argv[0], *normalize_overrides(sys.argv[1:])]
+    if os.environ.get("HYDRA_FULL_ERROR") != "1":
+        preflight(sys.argv[1:])
     try:
         with signals_interrupt():  # outside a job too: Hydra's set-up and tear-down, between multirun jobs
             _hydra_main()

@@ -227,25 +227,37 @@ def build_attack(name: str, **overrides):
 
 # ------------------------------------------------------------------------------------------------ compose
 def compose(
-    overrides: Sequence[str] = (), *, return_hydra_config: bool = False, config_dir: Path = CONFIG_DIR
+    overrides: Sequence[str] = (), *, return_hydra_config: bool = False, config_dir: Path = CONFIG_DIR,
+    strict: bool = True,
 ) -> DictConfig:
     """The config ``python -m mia_bench <overrides>`` would run, composed from Python (both ``+group=x`` and
     ``group=x`` spellings). Calls :func:`register` for ``config_dir`` first, and leaves Hydra's global state (its
     ConfigStore's bundles included) as it found it, safe inside a running Hydra app; the resolvers stay registered.
-    ``config_dir``: another config tree of the same shape (e.g. a copy with your own attack files)."""
+    ``config_dir``: another config tree of the same shape (e.g. a copy with your own attack files). ``strict``: a
+    misspelt option or key (also one added with ``+`` outside a constructor's node) raises a ValueError naming it,
+    what is known there and the closest name (:mod:`mia_bench.validation`)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
+    from mia_bench.validation import check_added_keys, check_overrides
+
+    overrides = normalize_overrides(overrides)
     backup, bundles = get_gh_backup(), _stored_bundles()
     register(config_dir)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(Path(config_dir).absolute()), version_base="1.3"):
-            return hydra_compose(
-                CONFIG_NAME, overrides=normalize_overrides(overrides), return_hydra_config=return_hydra_config
-            )
+            cfg = hydra_compose(CONFIG_NAME, overrides=overrides, return_hydra_config=return_hydra_config)
+    except HydraException:  # a misspelt option or key: our message names it, what is known and the closest name
+        if strict:
+            check_overrides(overrides, config_dir)
+        raise
     finally:
         restore_gh_from_backup(backup)
         _restore_bundles(bundles)
+    if strict:
+        check_added_keys(cfg, overrides)
+    return cfg

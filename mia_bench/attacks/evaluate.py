@@ -59,6 +59,7 @@ import numpy as np
 
 from mia_bench import progress
 from mia_bench.attacks.base import Attack
+from mia_bench.attacks.settings import AUTO_TARGETS, CI_METHODS, resolve_targets  # noqa: F401  (re-exported)
 from mia_bench.data.splits import complementary_partner
 from mia_bench.metrics import (
     accuracy_at_threshold,
@@ -92,7 +93,6 @@ METRICS = ("auc", *[f"tpr_at_fpr_{f:g}" for f in MAX_FPRS], "advantage", "balanc
 # coarsen its ROC and move its re-chosen thresholds, a shift of the bootstrap distribution that the estimator
 # does not have and that BCa's bias correction would wrongly "correct" (coverage 0.85-0.92 instead of 0.95).
 AUTO_CI = {"auc": "bca"}
-CI_METHODS = ("auto", "bca", "percentile")
 JACKKNIFE_GROUPS = 100   # groups of the jackknife behind BCa's acceleration (see metrics.jackknife_counts)
 
 @dataclass
@@ -106,33 +106,6 @@ class EvaluationResult:
     targets: list[int] = field(default_factory=list)
     shadows: list[int] = field(default_factory=list)      # calibration shadow model of each target
     pooled_rocs: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # attack -> (grid, TPR)
-
-
-#: ``evaluation.targets: auto``: this many target models, or every model when K is smaller.
-AUTO_TARGETS = 8
-
-
-def resolve_targets(targets, num_models: int) -> list[int]:
-    """``evaluation.targets``: ``auto`` (the first min(8, K) models), an int n (the first n), ``all``, or an explicit
-    list of model indices."""
-    if isinstance(targets, str):
-        if targets not in ("all", "auto"):
-            raise ValueError(
-                f"evaluation.targets={targets!r}: expected auto, all, an int or a list of model indices")
-        return list(range(num_models if targets == "all" else min(AUTO_TARGETS, num_models)))
-    if isinstance(targets, int) and not isinstance(targets, bool):
-        if not 1 <= targets <= num_models:
-            raise ValueError(f"evaluation.targets={targets}: expected 1..{num_models} (num_models={num_models})")
-        return list(range(targets))
-    try:
-        out = [int(t) for t in targets]
-    except (TypeError, ValueError):
-        raise ValueError(f"evaluation.targets={targets!r}: expected auto, all, an int or a list of model "
-                         "indices") from None
-    bad = [t for t in out if not 0 <= t < num_models]
-    if bad or not out:
-        raise ValueError(f"evaluation.targets={out}: indices must lie in 0..{num_models - 1}")
-    return out
 
 
 def calibration_shadow(masks: np.ndarray, target: int) -> int:
