@@ -58,3 +58,14 @@ def test_the_command_line_refuses_in_one_line_with_status_2_before_the_heavy_imp
         errors = [line for line in res.stderr.splitlines() if "[ERROR]" in line]
         assert len(errors) == 1 and needle in errors[0], res.stderr[-800:]
         assert seconds < 5, (args, seconds)
+
+
+@pytest.mark.slow
+def test_help_says_what_the_tool_does_with_examples_and_the_companion_commands():
+    res, _ = _cli("--help")
+    assert res.returncode == 0
+    out = res.stdout
+    for needle in ("how much do trained models leak", "defense: adamixup", "+key=value adds a", "Examples:",
+                   "python -m mia_bench.report", "python -m mia_bench.cache", "--hydra-help"):
+        assert needle in out, needle
+    assert "powered by Hydra" not in out and "== Config ==" not in out
