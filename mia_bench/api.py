@@ -128,11 +128,17 @@ class RunResults:
     def signals(self) -> Signals:
         return Signals.load(self.path / "signals.npz")
 
-    def table(self):
-        """The metrics as a pandas DataFrame, one row per attack."""
+    def table(self, full: bool = False):
+        """The table the command line printed, as a pandas DataFrame indexed by attack (the same columns, rows and
+        text: mean ± std over targets); ``full=True``: every field of metrics.json, numbers as numbers."""
         import pandas as pd
 
-        return pd.DataFrame(self.metrics).set_index("attack")
+        from mia_bench.report.outputs import table_rows
+
+        if full:
+            return pd.DataFrame(self.metrics).set_index("attack")
+        columns, rows, _ = table_rows(self.metrics)
+        return pd.DataFrame(rows, columns=columns).set_index("attack")
 
 
 def load_run(path: str | Path) -> RunResults:

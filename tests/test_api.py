@@ -43,8 +43,10 @@ def test_run_a_cell_from_python_and_load_its_results(tmp_path):
     res = mia_bench.load_run(out)
     assert res.metrics == records and res.config["num_models"] == 4
     assert set(res.scores) == {"loss", "rmia"} and res.scores["rmia"].shape == res.membership.shape
-    table = res.table()
-    assert table.loc["rmia", "auc_mean"] == records[1]["auc_mean"]
+    table = res.table()  # what the console printed: its columns, its text, strongest attack first
+    assert list(table.columns)[:2] == ["AUC", "TPR@0.1%FPR (%)"] and table.shape == (2, 7)
+    assert table.loc["rmia", "AUC"] == f"{records[1]['auc_mean']:.3f} ± {records[1]['auc_std']:.3f}"
+    assert res.table(full=True).loc["rmia", "auc_mean"] == records[1]["auc_mean"]
     assert res.signals().num_models == 4
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         mia_bench.load_run(tmp_path)

@@ -133,6 +133,28 @@ def _tpr(rec: dict, level: str, flags: set) -> str:
     return text
 
 
+def table_rows(records: list[dict]) -> tuple[list[str], list[list[str]], set]:
+    """The console table's columns and rows (as text, strongest attack at TPR@1%FPR first) and the footnotes its
+    cells call for: one source for the console and ``load_run(...).table()``."""
+    r0 = records[0]
+    eps_col = f"ε ≥ (δ={r0['eps_delta']:.0e})" if "eps_delta" in r0 else "ε ≥"
+    columns = ["attack", "AUC", "TPR@0.1%FPR (%)", "TPR@1%FPR (%)", "pooled TPR@0.1% (%)", "advantage",
+               "attack acc (%)", eps_col]
+    flags: set = set()
+    rows = []
+    for rec in sorted(records, key=lambda r: -r.get("tpr_at_fpr_0.01_mean", 0.0)):
+        pooled = rec.get("pooled_tpr_at_fpr_0.001")
+        pooled_text = "-" if pooled is None else f"{100 * pooled:.2f}"
+        if rec.get("pooled_tpr_at_fpr_0.001_resolved") is False:
+            pooled_text += " ‡"
+            flags.add("pooled")
+        eps = rec.get("eps_lower_bound")
+        rows.append([rec["attack"], _fmt(rec, "auc"), _tpr(rec, "0.001", flags), _tpr(rec, "0.01", flags),
+                     pooled_text, _fmt(rec, "advantage"), _fmt(rec, "attack_accuracy", True),
+                     "-" if eps is None else f"{eps:.2f}"])
+    return columns, rows, flags
+
+
 def print_table(records: list[dict], console: Console | None = None) -> None:
     """The summary a user reads first: one row per attack, mean ± std over target models, the pooled TPR at 0.1%
     FPR, and the empirical epsilon lower bound."""
@@ -150,29 +172,12 @@ def print_table(records: list[dict], console: Console | None = None) -> None:
     reported = {k.split("/", 1)[1]: v for k, v in r0.items() if k.startswith("defense/")}
     if reported:  # what the defense reports about itself: epsilon, sparsity, final mixing ratio, ...
         title += "\n" + ", ".join(f"{k} {v:.4g}" for k, v in reported.items())
+    columns, rows, flags = table_rows(records)
     table = Table(title=title, title_style="bold")
-    eps_col = f"ε ≥ (δ={r0['eps_delta']:.0e})" if "eps_delta" in r0 else "ε ≥"
-    for col in ("attack", "AUC", "TPR@0.1%FPR (%)", "TPR@1%FPR (%)", "pooled TPR@0.1% (%)", "advantage",
-                "attack acc (%)", eps_col):
+    for col in columns:
         table.add_column(col, justify="left" if col == "attack" else "right", no_wrap=True)
-    flags: set = set()
-    for rec in sorted(records, key=lambda r: -r.get("tpr_at_fpr_0.01_mean", 0.0)):
-        pooled = rec.get("pooled_tpr_at_fpr_0.001")
-        pooled_text = "-" if pooled is None else f"{100 * pooled:.2f}"
-        if rec.get("pooled_tpr_at_fpr_0.001_resolved") is False:
-            pooled_text += " ‡"
-            flags.add("pooled")
-        eps = rec.get("eps_lower_bound")
-        table.add_row(
-            rec["attack"],
-            _fmt(rec, "auc"),
-            _tpr(rec, "0.001", flags),
-            _tpr(rec, "0.01", flags),
-            pooled_text,
-            _fmt(rec, "advantage"),
-            _fmt(rec, "attack_accuracy", True),
-            "-" if eps is None else f"{eps:.2f}",
-        )
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
     if flags:
         res = r0.get("fpr_resolution", float("nan"))
