@@ -487,3 +487,19 @@ def test_every_attack_config_names_its_class_and_every_argument(compose_cfg):
         assert attack.name == name
         params = set(inspect.signature(get_class(node._target_)).parameters) - {"self"}
         assert set(node) - {"_target_"} == params - {"name"}, name
+
+
+def test_an_attack_that_ran_as_its_weaker_form_is_flagged():
+    """K=4 leaves each target 2 reference models (one IN, one OUT per record): LiRA online cannot fit a variance
+    per record and is its fixed-variance form; the record says so (and the console prints it). K=16 does not."""
+    from mia_bench.attacks.evaluate import evaluate
+
+    notes = {}
+    for k in (4, 16):
+        sig = make_synthetic_signals(k, 200, 2, 5, leak=1.0, seed=0)
+        attacks = {name: build_attack(name) for name in ("lira_online", "lira_online_fixed_var", "loss")}
+        by_name = {r["attack"]: r for r in evaluate(sig, attacks, [0, 1], n_bootstrap=0).records}
+        notes[k] = {name: r.get("attack_warning") for name, r in by_name.items()}
+    assert "100% of the records" in notes[4]["lira_online"] and "num_models=16" in notes[4]["lira_online"]
+    assert notes[4]["lira_online_fixed_var"] is None and notes[4]["loss"] is None
+    assert set(notes[16].values()) == {None}

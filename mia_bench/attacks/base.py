@@ -14,6 +14,9 @@ import numpy as np
 
 from mia_bench.signals import Signals
 
+#: Share of the scored records above which an attack that fell back to a weaker estimate for them is flagged.
+FALLBACK_SHARE = 0.5
+
 
 class Attack:
     """Subclasses implement :meth:`score`, or :meth:`score_with_diagnostics` when they have diagnostics."""
@@ -34,6 +37,11 @@ class Attack:
                                reference: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """The scores of :meth:`score` and a small dict of figures about how they were computed."""
         return self.score(signals, target, reference), {}
+
+    def fallback_note(self, name: str, record: dict) -> str | None:
+        """A warning when most records were scored by a weaker form of the attack than its name says, read off the
+        evaluation's ``record`` (``diag_*`` means over targets, ``n_records``, ``n_reference``); None if not."""
+        return None
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

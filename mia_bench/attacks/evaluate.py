@@ -310,6 +310,9 @@ def evaluate(signals: Signals, attacks: Mapping[str, Attack], targets: Sequence[
             vals = [d[key] for d in diags if isinstance(d.get(key), int | float)]
             if vals:
                 rec[f"diag_{key}"] = float(np.mean(vals))
+        if (note := attack.fallback_note(name, rec)) is not None:
+            rec["attack_warning"] = note
+            log.warning(note)
         rec["n_bootstrap"] = int(n_bootstrap)
         rec["confidence"] = float(confidence)
         rec["ci_method"] = ("none" if n_bootstrap == 0 else "bca for auc, percentile for the rest"

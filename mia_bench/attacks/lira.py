@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import log_ndtr
 
-from mia_bench.attacks.base import Attack
+from mia_bench.attacks.base import FALLBACK_SHARE, Attack
 from mia_bench.signals import Signals
 
 _LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
@@ -125,6 +125,20 @@ class LiRA(Attack):
             std = np.sqrt(sq / n[:, None])
         std = np.where((n < 2)[:, None], global_std, std)
         return centre, std + self.std_eps, info
+
+    def fallback_note(self, name: str, record: dict) -> str | None:
+        """Per-record variances need two reference models on a side of each record; with fewer, the record's std is
+        the global one (the fixed-variance attack), and with none its centre too."""
+        n = max(int(record.get("n_records", 0)), 1)
+        sides = ("in", "out") if self.online else ("out",)
+        empty = max(record.get(f"diag_n_fallback_{s}", 0.0) for s in sides)
+        weak = empty + (0.0 if self.fix_variance else max(record.get(f"diag_n_single_{s}", 0.0) for s in sides))
+        if weak / n <= FALLBACK_SHARE:
+            return None
+        what = "centre and variance" if self.fix_variance else "variance"
+        return (f"{name}: {100 * weak / n:.0f}% of the records had too few reference models on a side "
+                f"({record.get('n_reference')} per target) for their own {what}, which fell back to the global "
+                "one; use more models (num_models=16 or more)")
 
     def score_with_diagnostics(self, signals: Signals, target: int, reference: np.ndarray):
         ref = self.check(signals, target, reference, min_reference=1)

@@ -47,7 +47,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 
-from mia_bench.attacks.base import Attack
+from mia_bench.attacks.base import FALLBACK_SHARE, Attack
 from mia_bench.data.splits import complementary_partner
 from mia_bench.signals import Signals
 
@@ -150,6 +150,14 @@ class RMIA(Attack):
         if used == 0:
             return 0.3
         return float(A_GRID[int(np.argmax(aucs))])  # first maximum: the smallest a among equals
+
+    def fallback_note(self, name: str, record: dict) -> str | None:
+        """Offline RMIA needs an OUT reference model per record; a record without one gets the population average."""
+        share = record.get("diag_n_fallback_out", 0.0) / max(int(record.get("n_records", 0)), 1)
+        if not self.offline or share <= FALLBACK_SHARE:
+            return None
+        return (f"{name}: {100 * share:.0f}% of the records had no OUT reference model and were scored against the "
+                "population average; use more models")
 
     def score_with_diagnostics(self, signals: Signals, target: int, reference: np.ndarray):
         ref = self.check(signals, target, reference, min_reference=1)

@@ -189,6 +189,9 @@ def print_table(records: list[dict], console: Console | None = None) -> None:
                       f"({100 * r0.get('confidence', 0.95):.0f}% Clopper-Pearson, threshold from the shadow model){dp}")
     if r0.get("warnings"):
         console.print(f"[bold red]warning:[/] {r0['warnings']}")
+    for rec in records:  # an attack that ran as a weaker form of itself on most records
+        if rec.get("attack_warning"):
+            console.print(f"[bold red]warning:[/] {rec['attack_warning']}")
 
 
 #: A cell's figures as the loggers name them -> their files in the run directory (absent with figures=false).
