@@ -238,8 +238,8 @@ def run_cell(cfg: DictConfig, choices: dict[str, str], state: RunState, out: Pat
     result = attack_cell(cfg.evaluation, signals, plan, plan.targets, cfg.seed,
                          run_delta(cfg.evaluation.delta, utility, data.train_masks))
 
-    # 7. Analyses across training (+analysis=...): their own files, summary figures into metrics.json.
-    summary = {}
+    # 7. A defense's per-epoch figures, then analyses across training (+analysis=...), into metrics.json.
+    summary = defense_trajectories(trained, out, cfg)
     state.enter("analysing")
     for analysis in plan.analyses.values():
         summary.update(analysis.run(trained, signals, data.audit_masks, out))
@@ -247,7 +247,7 @@ def run_cell(cfg: DictConfig, choices: dict[str, str], state: RunState, out: Pat
     # 8. Outputs: metrics.json (a flat record per attack), per-target metrics, scores, ROC, exposed records, W&B.
     context = cell_context(cfg, choices, data.splits.name, len(data.queries), utility, round(t_trained - t_start, 2))
     context.update(models_from_cache=sum(m.from_cache for m in trained), **summary)
-    if notes := training_notes(trained, data.splits.num_classes):
+    if notes := training_notes(trained, data.splits.num_classes, test_acc):
         context["warnings"] = "; ".join(notes)
     records = [{**context, **rec} for rec in result.records]
     state.enter("writing the outputs")
@@ -457,18 +457,52 @@ def model_accuracies(
     return np.array(test, dtype=np.float64), np.array(train, dtype=np.float64)
 
 
-def training_notes(trained: list[TrainedModel], num_classes: int) -> list[str]:
-    """Warnings about the models that a table of attack figures should carry: a training that ended with a loss
-    above twice a uniform guess's (ln C) diverged or learned nothing, and its attack figures mean little."""
+def training_notes(trained: list[TrainedModel], num_classes: int, test_acc: np.ndarray) -> list[str]:
+    """Warnings about the models that a table of attack figures should carry, since a defense that ruined its models
+    looks like protection there: a training loss above twice a uniform guess's (ln C: diverged or learned nothing),
+    test accuracy near chance, or models far below the cell's best (half-way or more from it down to chance)."""
+    notes = []
     limit = 2 * math.log(max(num_classes, 2))
     high = {m.index: m.module.final_train_loss for m in trained if m.module.final_train_loss > limit}
-    if not high:
-        return []
-    worst = max(high.values())
-    note = (f"the training loss of models {sorted(high)} ended above {limit:.2f} (twice a uniform guess's ln C; up to "
-            f"{worst:.3g}): they diverged or did not learn; check the learning rate (train.module.optimizer.lr)")
-    log.warning(note)
-    return [note]
+    if high:
+        notes.append(f"the training loss of models {sorted(high)} ended above {limit:.2f} (twice a uniform guess's "
+                     f"ln C; up to {max(high.values()):.3g}): they diverged or did not learn; check the learning rate "
+                     "(train.module.optimizer.lr)")
+    chance, acc = 1.0 / max(num_classes, 2), np.asarray(test_acc, dtype=np.float64)
+    if np.isfinite(acc).any():
+        best = np.nanmax(acc)
+        if np.nanmean(acc) < chance + 0.1:
+            notes.append(f"mean test accuracy {100 * np.nanmean(acc):.1f}% is near chance ({100 * chance:.0f}%): the "
+                         "models did not learn, so a low attack figure is no protection; train longer "
+                         "(train.epochs) or check the defense's strength")
+        elif low := [m.index for m, a in zip(trained, acc, strict=True) if a < (best + chance) / 2]:
+            notes.append(f"models {low} reached a test accuracy far below the cell's best ({100 * best:.1f}%; "
+                         f"as low as {100 * np.nanmin(acc):.1f}%): a defense that ruins models looks like protection; "
+                         "train longer (train.epochs) or weaken the defense")
+    for note in notes:
+        log.warning(note)
+    return notes
+
+
+def defense_trajectories(trained: list[TrainedModel], out: Path, cfg: DictConfig) -> dict[str, list[float]]:
+    """The per-epoch figures a defense records (``module.artifacts['trajectory/<name>']``, one value per epoch,
+    e.g. AdaMixup's ratio): their mean over the models, epoch 1 first, for metrics.json under the same name, and
+    (``figures=true``) every model's curve in ``trajectory.png``. Only names every model carries: a mean over some of
+    the models would read as the cell's."""
+    names = set.intersection(*({k for k in m.module.artifacts if k.startswith("trajectory/")} for m in trained)) \
+        if trained else set()
+    curves = {}
+    for name in sorted(names):
+        rows = [np.asarray(m.module.artifacts[name], dtype=np.float64).ravel() for m in trained]
+        stack = np.full((len(rows), max(len(r) for r in rows)), np.nan)  # NaN past a model's last epoch
+        for i, row in enumerate(rows):
+            stack[i, : len(row)] = row
+        curves[name] = stack
+    if curves and cfg.get("figures", True):
+        from mia_bench.report.plots import defense_trajectory_plot
+
+        defense_trajectory_plot(curves, out / "trajectory.png", f"{cfg.defense.name}: per-epoch figures")
+    return {name: [round(float(v), 6) for v in np.nanmean(c, 0)] for name, c in curves.items()}
 
 
 def utility_metrics(trained, test_a: np.ndarray, train_a: np.ndarray) -> dict:

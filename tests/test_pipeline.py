@@ -257,3 +257,17 @@ def test_tensorboard_gets_attack_metrics_hparams_and_figures(compose_cfg, tmp_pa
     assert "_hparams_/session_start_info" in plugins
     model_events = EventAccumulator(str(tmp_path / "tensorboard" / "model_1")).Reload()
     assert "train/loss" in model_events.Tags()["scalars"]
+
+
+def test_models_that_did_not_learn_are_warned_about():
+    """Test accuracy near chance, or models far below the cell's best, are named in the cell's warnings."""
+    from types import SimpleNamespace
+
+    from mia_bench.pipeline import training_notes
+
+    trained = [SimpleNamespace(index=k, module=SimpleNamespace(final_train_loss=0.1)) for k in range(4)]
+    assert training_notes(trained, 10, np.array([0.95, 0.96, 0.94, 0.95])) == []
+    (note,) = training_notes(trained, 10, np.array([0.12, 0.11, 0.13, 0.10]))
+    assert "near chance (10%)" in note
+    (note,) = training_notes(trained, 10, np.array([0.90, 0.35, 0.88, 0.91]))
+    assert "models [1]" in note and "as low as 35.0%" in note

@@ -420,3 +420,18 @@ def test_keys_that_do_not_change_the_models_share_the_cache_key_and_the_report_c
     assert describe_recipe(changed("dataset.query_augment.shift", 0)) == describe_recipe(base)
     run(runs / "epochs", changed("train.epochs", 7), 99)
     assert "cfg/train.epochs" in agg.swept_keys(collect([runs]))
+
+
+def test_ruined_models_are_flagged_not_read_as_protection(tmp_path):
+    """A defense whose models fell more than 10 points of test accuracy below the undefended cell's (or whose run
+    warned that they did not learn) is marked in the table, with a legend saying why its low AUC is no evidence."""
+    _write_run(tmp_path / "none", "none", 0.6)
+    _write_run(tmp_path / "pruning", "mia_pruning", 0.52, {"test_acc_mean": 0.588, "test_acc_std": 0.153})
+    _write_run(tmp_path / "sam", "sam", 0.6, {"test_acc_mean": 0.85})
+    _write_run(tmp_path / "mid", "mid", 0.6, {"warnings": "mean test accuracy 11.0% is near chance (10%): the "
+                                                            "models did not learn"})
+    order = ["none", "mia_pruning", "sam", "mid"]
+    lines = privacy_utility_table(collect([tmp_path]), ["loss"], order=order).splitlines()
+    acc = {line.split(" | ")[2]: line.split(" | ")[3] for line in lines[2:6]}
+    assert acc == {"none": "90.0 ± 1.0", "mia_pruning": "58.8 ± 15.3 ⚠", "sam": "85.0 ± 1.0", "mid": "90.0 ± 1.0 ⚠"}
+    assert any("⚠" in line and "no evidence of protection" in line for line in lines)

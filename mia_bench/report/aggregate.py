@@ -224,12 +224,16 @@ def privacy_utility_table(
     rank = {d: i for i, d in enumerate(defense_order(cells_df["defense"].astype(str).unique(), order))}
     groups = sorted(cells_df.groupby(keys, sort=False, dropna=False),
                     key=lambda kv: (*context(kv[1].iloc[0]), rank[str(kv[0][2])]))
+    flagged = False
     for key, g in groups:
         dataset, model, defense = key[:3]
         by_attack = {r["attack"]: r for _, r in g.iterrows()}
         first = g.iloc[0]
+        ruined = ruined_models(first, baseline.get((*context(first), str(first["attack"]))))
+        flagged = flagged or ruined
         cells = [str(dataset), str(model), *[str(first[k]) for k in shown], str(defense),
-                 *([str(int(first["n_seeds"]))] if seeds else []), mean_std(first, "test_acc", pct=True)]
+                 *([str(int(first["n_seeds"]))] if seeds else []),
+                 mean_std(first, "test_acc", pct=True) + (" ⚠" if ruined else "")]
         for a in attacks:
             r = by_attack.get(a)
             cells += (
@@ -249,6 +253,12 @@ def privacy_utility_table(
         extra = {k.split("/", 1)[1]: v for k, v in first.items() if k.startswith("defense/") and pd.notna(v)}
         cells.append(", ".join(f"{k} {_short(v)}" for k, v in extra.items()) or "")
         lines.append("| " + " | ".join(cells) + " |")
+    legend = table_legend(reference, attacks, alpha, eps, seeds, flagged)
+    return "\n".join(lines) + "\n" + legend
+
+
+def table_legend(reference: str, attacks: Sequence[str], alpha: float, eps: bool, seeds: bool, flagged: bool) -> str:
+    """The privacy-utility table's legend: what its marks mean."""
     legend = (
         f"\n*AUC vs {reference}*: per attack ({', '.join(attacks)}), the defense's AUC is lower (↓) or higher (↑) "
         f"than the undefended cell's by Welch's t-test over the target models (p < {alpha:g}), or not "
@@ -259,10 +269,28 @@ def privacy_utility_table(
         legend += ("*ε ≥*: the largest empirical epsilon lower bound over the cell's attacks, at the run's delta (95% "
                    "Clopper-Pearson, threshold from the shadow model; docs/protocol.md); for DP-SGD the accountant's "
                    "epsilon is under defense reports.\n")
+    if flagged:
+        legend += (f"*⚠*: the models' test accuracy is more than {100 * RUINED_DROP:.0f} points below the undefended "
+                   "cell's, or the run warned that they did not learn: lower attack figures there come with ruined "
+                   "models and are no evidence of protection.\n")
     if seeds:
         legend += ("*seeds*: runs of the cell with different seeds; its figures are their mean ± their spread (sample "
                    "std across seeds).\n")
-    return "\n".join(lines) + "\n" + legend
+    return legend
+
+
+#: How far (absolute) a defended cell's mean test accuracy may fall below the undefended cell's before the table
+#: flags its models as ruined.
+RUINED_DROP = 0.10
+
+
+def ruined_models(row: pd.Series, ref: pd.Series | None) -> bool:
+    """The cell's models are far below the undefended cell's test accuracy, or its run warned they did not learn."""
+    note = str(row.get("warnings", ""))
+    warned = "did not learn" in note or "accuracy far below" in note
+    if ref is None or ref is row or "test_acc_mean" not in row:
+        return bool(warned)
+    return bool(warned or row["test_acc_mean"] < ref["test_acc_mean"] - RUINED_DROP)
 
 
 def welch(row: pd.Series, ref: pd.Series, metric: str = "auc") -> tuple[float, float]:
