@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from mia_bench.atomic import WriteError
 from mia_bench.cache.store import ShardNotStored
 from mia_bench.config import CONFIG_DIR, CONFIG_NAME, normalize_overrides, register
+from mia_bench.console import quiet_console
 from mia_bench.errors import DatasetUnavailableError
 from mia_bench.gpu_pool import job_device
 
@@ -86,40 +87,6 @@ def signals_interrupt(signums=(signal.SIGTERM, signal.SIGINT)):
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def _propagate_lightning_logs() -> None:
-    """Lightning installs its own stream handler and stops propagation when imported before logging is set up,
-    so its messages would miss Hydra's log file; route them through the root logger instead (once)."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        lg = logging.getLogger(name)
-        for h in list(lg.handlers):
-            lg.removeHandler(h)
-        lg.propagate = True
-
-
-def _console_filter(record: logging.LogRecord) -> bool:
-    """What the console leaves to the log file: Lightning's informational lines (accelerator, tips, "fit
-    stopped") and third-party warnings a user cannot act on (deprecations inside installed packages)."""
-    if record.name.startswith("lightning") and record.levelno < logging.WARNING:
-        return False
-    return not (record.name == "py.warnings" and "site-packages" in record.getMessage())
-
-
-def quiet_console(job_label: str | None = None) -> None:
-    """The console shows mia_bench's own progress and results; everything still goes to mia_bench.log. In a
-    multirun every console line carries its job (``[job 3]``), so parallel jobs' lines can be told apart."""
-    import lightning.pytorch  # noqa: F401  (imported here so that the handler its import installs is removed)
-
-    _propagate_lightning_logs()
-    logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger: the file always, the console filtered
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            if _console_filter not in handler.filters:
-                handler.addFilter(_console_filter)
-            if job_label:
-                handler.setFormatter(logging.Formatter(
-                    f"[%(asctime)s][{job_label}][%(name)s][%(levelname)s] - %(message)s"))
 
 
 def job_choices(cfg: DictConfig) -> dict[str, str]:
@@ -217,8 +184,8 @@ def preflight(args: list[str]) -> None:
     one line naming it, exit status 2, as for every bad option or value."""
     from hydra.errors import HydraException
 
-    from mia_bench.config import compose
-    from mia_bench.validation import check_config, check_overrides
+    from mia_bench.config import check_overrides, compose
+    from mia_bench.validation import check_config
 
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
     try:

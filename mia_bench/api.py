@@ -98,7 +98,9 @@ def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> 
     metrics records. ``output_dir``: where its files go (default ``outputs/<date>/<time>_<pid>``, as the CLI)."""
     from omegaconf import open_dict
 
+    from mia_bench.atomic import make_dir
     from mia_bench.config import compose
+    from mia_bench.console import python_run_logging
     from mia_bench.pipeline import run as run_cell
 
     if output_dir is None:
@@ -108,7 +110,8 @@ def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> 
                if not k.startswith("hydra")}
     with open_dict(cfg):
         del cfg["hydra"]  # what the command line's job sees: its config without Hydra's own node
-    return run_cell(cfg, choices)
+    with python_run_logging(make_dir(cfg.paths.output_dir)):
+        return run_cell(cfg, choices)
 
 
 @dataclass
@@ -208,7 +211,9 @@ def audit(
     and their signals are cached, ``cpu_threads`` applies. ``output_dir`` (default
     ``outputs/<date>/<time>_<pid>_audit``) receives ``config.yaml``, ``signals.npz``, ``scores.npz`` and, with
     ``members``, ``metrics.json`` and ``per_target.json``, and the reference models' training logs."""
+    from mia_bench.atomic import make_dir
     from mia_bench.config import compose
+    from mia_bench.console import python_run_logging
     from mia_bench.pipeline import audit_model
 
     records, members = _audit_records(x, y, members, num_reference)
@@ -216,7 +221,8 @@ def audit(
         output_dir = _default_output_dir("_audit")
     cfg = compose([*overrides, f"num_models={num_reference}", f"seed={seed}", f"evaluation.n_bootstrap={n_bootstrap}",
                    f"paths.output_dir={Path(output_dir).absolute()}"])
-    found = audit_model(cfg, target, records, members, _attacks(attacks))
+    with python_run_logging(make_dir(cfg.paths.output_dir)):
+        found = audit_model(cfg, target, records, members, _attacks(attacks))
     return AuditResult(found.scores, found.signals, found.records, found.per_target)
 
 

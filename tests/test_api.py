@@ -35,10 +35,19 @@ def test_score_your_own_logits_with_attacks_by_name_or_object():
 
 
 @pytest.mark.slow
-def test_run_a_cell_from_python_and_load_its_results(tmp_path):
+def test_run_a_cell_from_python_and_load_its_results(tmp_path, capfd):
+    import logging
+
     out = tmp_path / "cell"
     overrides = [o for o in TINY if not o.startswith("attack=")]
+    handlers = list(logging.getLogger().handlers)
     records = mia_bench.run([*overrides, "attack=[loss,rmia]", f"data.root={tmp_path / 'data'}"], output_dir=out)
+    # logged as the command line logs: a log file with everything, the console without Lightning's chatter
+    log_text = (out / "mia_bench.log").read_text()
+    assert "[mia_bench.pipeline][INFO] - wrote" in log_text and "GPU available" in log_text
+    printed = capfd.readouterr()
+    assert "GPU available" not in printed.out + printed.err
+    assert logging.getLogger().handlers == handlers  # the caller's logging as it was
     assert [r["attack"] for r in records] == ["loss", "rmia"] and records[0]["choice/dataset"] == "digits"
     res = mia_bench.load_run(out)
     assert res.metrics == records and res.config["num_models"] == 4

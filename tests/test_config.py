@@ -276,7 +276,7 @@ def test_the_command_line_entry_point_imports_without_torch():
 def test_the_console_leaves_lightning_chatter_and_third_party_warnings_to_the_log_file():
     import logging
 
-    from mia_bench.__main__ import _console_filter
+    from mia_bench.console import console_filter as _console_filter
 
     def record(name, level, msg):
         return logging.LogRecord(name, level, __file__, 1, msg, None, None)
@@ -291,8 +291,9 @@ def test_the_console_leaves_lightning_chatter_and_third_party_warnings_to_the_lo
 def test_runs_are_named_mia_bench_and_multirun_console_lines_carry_their_job():
     import logging
 
-    from mia_bench.__main__ import _console_filter, quiet_console
     from mia_bench.config import compose
+    from mia_bench.console import console_filter as _console_filter
+    from mia_bench.console import quiet_console
 
     assert compose([], return_hydra_config=True).hydra.job.name == "mia_bench"  # mia_bench.log, --help header
     handler = logging.StreamHandler()

@@ -13,7 +13,7 @@ PACKAGE = Path(mia_bench.__file__).resolve().parent
 #: Lowest first. A module may import from its own layer and every layer before it.
 LAYERS = [
     ("base", ["mia_bench", "mia_bench.atomic", "mia_bench.registry", "mia_bench.errors", "mia_bench.progress",
-              "mia_bench.paths"]),
+              "mia_bench.paths", "mia_bench.console"]),
     ("data", ["mia_bench.augment", "mia_bench.data"]),
     ("models", ["mia_bench.models"]),
     ("signals and attacks", ["mia_bench.signals", "mia_bench.metrics", "mia_bench.attacks", "mia_bench.interop"]),

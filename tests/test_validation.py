@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from mia_bench.config import compose
-from mia_bench.validation import check_overrides
+from mia_bench.config import check_overrides, compose
 from tests.conftest import ROOT
 
 
