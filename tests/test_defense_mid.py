@@ -1,5 +1,6 @@
-"""MID: the bottleneck head and loss as the paper defines them, deterministic mu prediction, the weight of the KL
-term, configuration errors, and a tiny end-to-end run."""
+"""MID: the bottleneck head and loss as the paper defines them, a finite loss where sigma underflows, the mu
+(deterministic) and sampled (the authors') predictors, the weight of the KL term, configuration errors, a tiny
+end-to-end run, and the authors' CIFAR-10 setting (model and recipe)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
-from mia_bench.defenses.mid import MIDModule, VIBHead
+from mia_bench.defenses.mid import MIDModule, VIBHead, log_softplus
 from mia_bench.models import create_model
 from mia_bench.training import TensorBatchLoader
+from tests.conftest import CONF
 
 
 def _module(**kwargs) -> MIDModule:
@@ -85,9 +87,28 @@ def test_prediction_uses_mu_deterministically():
     assert module.model.training  # clean_logits restores the mode
 
 
+def test_the_authors_predictor_samples_one_code_per_query():
+    torch.manual_seed(0)
+    module = _module(predictor="sample")
+    x, _ = _data(16)
+    a, b = module.predict_logits(x), module.predict_logits(x)
+    assert not torch.equal(a, b)  # a fresh code at every query: the same records answer differently
+    head = module.model.head
+    mu, sigma = head.stats(module.model.forward_features(x))
+    # The logits of one code mu + sigma * eps (theirs: net(img)[0] in eval mode), one eps per query record.
+    torch.manual_seed(3)
+    out = module.predict_logits(x)
+    torch.manual_seed(3)
+    assert torch.allclose(out, head.classifier(mu + sigma * torch.randn_like(sigma)), atol=1e-6)
+    assert not torch.allclose(out, head.classifier(mu), atol=1e-6)
+    # The head itself is the deployed predictor: calling the model in eval mode samples too.
+    module.model.eval()
+    assert not torch.equal(module(x), module(x))
+
+
 def test_sampling_predictor_averages_softmax_over_codes():
     torch.manual_seed(0)
-    module = _module(predict_samples=50)
+    module = _module(predictor="sample", predict_samples=50)
     x, _ = _data(16)
     out = module.predict_logits(x)
     assert torch.allclose(out.logsumexp(-1), torch.zeros(16), atol=1e-5)  # log-probabilities
@@ -99,6 +120,35 @@ def test_sampling_predictor_averages_softmax_over_codes():
     torch.manual_seed(5)
     eps = torch.randn(50, *mu.shape)
     assert torch.allclose(out, head.classifier(mu + sigma * eps).softmax(-1).mean(0).log(), atol=1e-5)
+
+
+def test_a_sigma_that_underflows_gives_a_finite_loss_and_gradient():
+    torch.manual_seed(0)
+    module = _module()
+    x, y = _data(32)
+    with torch.no_grad():
+        module.model.head.encoder.bias[8:] = -300.0  # softplus(-305) is 0 in float32: sigma.log() would be -inf
+    _, sigma, t = module.model.head.code(module.model.forward_features(x))
+    assert (sigma == 0).all() and torch.isfinite(log_softplus(t, sigma)).all()
+    loss, _, kl = module.mid_loss(x, y)
+    assert torch.isfinite(loss) and kl > 8 * 290  # each code dimension costs about -log sigma ~ 305 nats
+    loss.backward()
+    grads = [p.grad for p in module.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    # The KL still pushes sigma up (d KL / d t = -1 per dimension and record, over the batch mean), not to 0.
+    assert torch.all(module.model.head.encoder.bias.grad[8:] < 0)
+
+
+def test_log_sigma_is_the_log_of_softplus_where_that_is_representable():
+    t = torch.linspace(-19.9, 30.0, 500)
+    assert torch.equal(log_softplus(t), F.softplus(t).log())  # bitwise: the default cells keep their numbers
+    deep = torch.tensor([-25.0, -80.0, -200.0, -1e4])
+    assert torch.equal(log_softplus(deep), deep)  # log(log1p(e^t)) = t + O(e^t)
+    assert torch.allclose(
+        log_softplus(torch.tensor([-25.0], dtype=torch.float64)),
+        F.softplus(torch.tensor([-25.0], dtype=torch.float64)).log(),
+        rtol=1e-12,
+    )
 
 
 def _train(beta: float) -> tuple[MIDModule, torch.Tensor]:
@@ -130,7 +180,10 @@ def test_the_kl_weight_matters():
     [
         ({"beta": -0.1}, "beta=-0.1"),
         ({"bottleneck_dim": 0}, "bottleneck_dim=0"),
-        ({"predict_samples": -1}, "predict_samples=-1"),
+        ({"predict_samples": 0}, "predict_samples=0"),
+        ({"predict_samples": 2.5, "predictor": "sample"}, "predict_samples=2.5"),
+        ({"predict_samples": 5}, "predict_samples=5 with predictor=mu"),
+        ({"predictor": "median"}, "predictor='median'.*'mu', 'sample'"),
     ],
 )
 def test_bad_values_are_errors(kwargs, match):
@@ -151,8 +204,31 @@ def test_mid_end_to_end(compose_cfg, tmp_path):
     assert 0.0 <= saved[0]["test_acc_mean"] <= 1.0 and "auc_mean" in saved[0]
 
 
-def test_the_cifar10_experiment_composes_the_papers_setting(compose_cfg):
+def test_the_cifar10_experiment_composes_the_authors_setting(compose_cfg):
+    """update_leaks/train_vib.py, models.py SimpleCNN_VIB and utils.py load_data of their repository."""
     cfg = compose_cfg(["experiment=mid_cifar10"])
-    assert cfg.dataset.name == "cifar10" and cfg.model.name == "cnn" and cfg.defense.name == "mid"
-    assert cfg.train.module._target_.endswith("MIDModule") and cfg.train.module.beta == 0.01
-    assert cfg.train.epochs == 100 and cfg.train.module.optimizer._target_ == "torch.optim.SGD"
+    assert cfg.dataset.name == "cifar10" and cfg.model.name == "mid_cnn" and cfg.defense.name == "mid"
+    module = cfg.train.module
+    assert module._target_.endswith("MIDModule") and module.beta == 0.01 and module.predictor == "mu"
+    assert cfg.train.epochs == 200 and cfg.train.batch_size == 128 and module.scheduler is None
+    opt = module.optimizer
+    assert opt._target_ == "torch.optim.SGD" and (opt.lr, opt.momentum, opt.weight_decay) == (5e-3, 0.9, 0.0)
+    assert not opt.nesterov
+    assert cfg.dataset.train_augment.crop_padding == 0 and not cfg.dataset.train_augment.hflip
+    # 20,000 of the 45,000 records outside the public split: 10,000 per model, the size of their target set
+    assert round(cfg.dataset.population_size * (50_000 - cfg.dataset.public_size)) == 20_000
+    for line in (CONF / "experiment" / "mid_cifar10.yaml").read_text().splitlines():
+        assert len(line) <= 120, line
+
+
+def test_the_authors_cifar10_model_gets_their_bottleneck():
+    """SimpleCNN_VIB: st_layer Linear(2048, 2048) (k = 1024), classifier Linear(1024, 10); 4,282,250 weights."""
+    model = create_model("mid_cnn", (3, 32, 32), 10)
+    module = MIDModule(model, optimizer=partial(torch.optim.SGD, lr=5e-3))
+    head = module.model.head
+    assert (head.encoder.in_features, head.encoder.out_features) == (2048, 2048)
+    assert (head.classifier.in_features, head.classifier.out_features) == (1024, 10)
+    assert sum(p.numel() for p in module.parameters()) == 4_282_250
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    loss, logits, _ = module.mid_loss(x, y)
+    assert logits.shape == (4, 10) and torch.isfinite(loss)

@@ -37,7 +37,7 @@ PAPERS = {
     "adamixup_cifar10": ("resnet18", "adamixup", []),
     "mixup_inference_cifar10": ("resnet18", "mixup_inference", ["defense.predict.n_samples=2"]),
     "mia_pruning_cifar10": ("vgg16", "mia_pruning", []),
-    "mid_cifar10": ("cnn", "mid", []),
+    "mid_cifar10": ("mid_cnn", "mid", []),
 }
 
 

@@ -22,7 +22,7 @@ from mia_bench.models import registry as registry_mod
 from tests.conftest import CONF
 
 CONF_DIR = CONF / "model"
-EXPECTED = ["cnn", "fastnet", "lenet", "mlp", "mobilenet_v2", "resnet18", "vgg11", "vgg16", "wrn28_2"]
+EXPECTED = ["cnn", "fastnet", "lenet", "mid_cnn", "mlp", "mobilenet_v2", "resnet18", "vgg11", "vgg16", "wrn28_2"]
 CONV = [n for n in EXPECTED if n != "mlp"]
 NORMED = ["cnn", "vgg11", "vgg16", "resnet18", "wrn28_2", "mobilenet_v2"]
 SMALL = ["mlp", "lenet", "cnn"]  # cheap enough for every input shape
@@ -164,6 +164,25 @@ def test_mobilenet_adaptation_and_width():
     assert fmap.shape[-2:] == (4, 4)
     half = create_model("mobilenet_v2", (3, 32, 32), 10, width_mult=0.5)
     assert half.num_parameters() < model.num_parameters()
+
+
+def test_mid_cnn_is_the_mid_authors_cifar10_network():
+    """Their update_leaks/models.py SimpleCNN, written out as there: the same weights give the same logits (layer
+    order, strides, LeakyReLU slope, pooling and the channel-major flatten of the 2048 features)."""
+    model = create_model("mid_cnn", (3, 32, 32), 10).eval()
+    theirs = nn.Sequential(
+        nn.Conv2d(3, 64, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+        nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+        nn.MaxPool2d(2, 2), nn.Flatten(1), nn.Linear(128 * 4 * 4, 10),
+    )  # fmt: skip
+    ours = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for mine, their in zip(ours, [m for m in theirs if isinstance(m, (nn.Conv2d, nn.Linear))], strict=True):
+        their.load_state_dict(mine.state_dict())
+    x = _x((3, 32, 32), batch=3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), theirs(x))
+    assert model.feature_dim == 2048 and model.num_parameters() == 96_138
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in model.modules())
 
 
 def test_unknown_model_name():

@@ -9,7 +9,7 @@ A config names the builder itself (``_target_: mia_bench.models.resnet.resnet18`
 
 # The built-in families. Importing them runs their @register_model decorators, the only thing done at import: the
 # names create_model and list_models know. The config files do not depend on it (their _target_ names the builder).
-from . import cnn, fastnet, lenet, mlp, mobilenet, resnet, vgg, wrn  # noqa: F401
+from . import cnn, fastnet, lenet, mid_cnn, mlp, mobilenet, resnet, vgg, wrn  # noqa: F401
 from .adapter import build_model, model_name
 from .registry import (
     NORMS,
