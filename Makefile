@@ -9,7 +9,7 @@ install:            ## install the package and the test tools (editable)
 run:                ## the offline default cell (digits, MLP, no defense, every attack)
 	$(PY) -m mia_bench
 
-test:               ## the whole test suite (about 3 min on 2 CPU cores)
+test:               ## the whole test suite (about 4 min on 2 CPU cores)
 	$(PY) -m pytest
 
 test-fast:          ## the fast tier: every module, no multi-cell runs or subprocesses (< 2 min on 2 cores)

@@ -9,6 +9,11 @@ __all__ = ["score", "run", "load_run", "RunResults", "audit", "AuditResult", "Si
            "export_lira", "import_lira", "export_privacy_meter", "import_privacy_meter", "__version__"]
 
 
+def __dir__() -> list[str]:
+    """The API's names too (they are imported on first use), so completion in IPython and editors finds them."""
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str):
     if name in ("score", "run", "load_run", "RunResults", "audit", "AuditResult"):
         from mia_bench import api

@@ -124,9 +124,12 @@ def torch_threads(n: int | None) -> Iterator[None]:
 @contextmanager
 def claim_output_dir(out: Path) -> Iterator[Path]:
     """Hold the run's output folder for the run. A folder that another run is writing into now, or that holds the
-    results of a finished run (``metrics.json``, ``shard.json``), is refused: a run never mixes its files with
-    another's. A run killed before its results resumes in its own folder."""
-    fd = os.open(out / ".mia_bench.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    results of a finished run (``metrics.json``, ``shard.json``), is refused, and a refused run leaves nothing there:
+    a run never mixes its files with another's. A run killed before its results resumes in its own folder; one that
+    finishes removes its lock file."""
+    lock = out / ".mia_bench.lock"
+    created = not lock.exists()
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -135,9 +138,12 @@ def claim_output_dir(out: Path) -> Iterator[Path]:
                              "its own (hydra.run.dir=...)") from None
         done = [name for name in ("metrics.json", "shard.json") if (out / name).exists()]
         if done:
+            if created:
+                lock.unlink(missing_ok=True)
             raise ValueError(f"paths.output_dir={out} already holds the results of another run ({', '.join(done)}); "
                              "give this run its own folder (hydra.run.dir=...) or move them")
         yield out
+        lock.unlink(missing_ok=True)  # the run is complete: nothing to hold any more
     finally:
         os.close(fd)  # releases the lock
 

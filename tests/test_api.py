@@ -123,3 +123,7 @@ def test_an_audit_with_too_few_reference_models_fails_before_training(tmp_path, 
     with pytest.raises(ValueError, match="evaluation.confidence=2.0"):  # the config is validated as for a cell
         mia_bench.audit(torch.nn.Linear(5, 2), x, y, overrides=["evaluation.confidence=2.0"],
                         output_dir=tmp_path / "bad")
+
+
+def test_the_lazy_api_is_listed_for_completion():
+    assert {"run", "audit", "score", "load_run", "Signals"} <= set(dir(mia_bench))

@@ -166,7 +166,11 @@ def test_a_run_never_writes_into_a_folder_holding_another_runs_results_or_in_use
             run(compose_cfg([*TINY, "attack=[loss]", "logger=none"], output_dir=busy))
     finally:
         os.close(fd)
-    assert sorted(p.name for p in done.iterdir()) == [".mia_bench.lock", "metrics.json"]  # nothing else written
+    assert sorted(p.name for p in done.iterdir()) == ["metrics.json"]  # the refused run wrote nothing there
+    assert sorted(p.name for p in busy.iterdir()) == [".mia_bench.lock"]  # the other run's lock is left alone
+    fresh = tmp_path / "fresh"
+    run(compose_cfg([*TINY, "attack=[loss]", "logger=none"], output_dir=fresh))
+    assert not (fresh / ".mia_bench.lock").exists() and (fresh / "metrics.json").exists()
 
 
 def test_run_folders_carry_the_process_id_and_job_folders_stay_short():

@@ -318,7 +318,7 @@ def test_tables_flag_unresolved_tpr_and_show_the_epsilon_lower_bound(tmp_path):
     assert pivot[-1].startswith("‡ TPR at zero false positives")
     table = privacy_utility_table(df).splitlines()
     assert "ε ≥ (strongest)" in table[0]
-    assert table[2].endswith("| (reference) | 1.50 |  |") and table[3].endswith("| 0.25 | epsilon 4 |")
+    assert table[2].endswith("| (reference) | 1.50 (loss) |  |") and table[3].endswith("| 0.25 (loss) | epsilon 4 |")
     assert any(line.startswith("*ε ≥*") for line in table)
 
 

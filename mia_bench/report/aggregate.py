@@ -137,6 +137,9 @@ def shown_keys(df: pd.DataFrame) -> list[str]:
     return choices + [c for c in varying if c.startswith(CFG) and c.removeprefix(CFG).split(".")[0] not in covered]
 
 
+_WARNED_REPEATS: set[str] = set()
+
+
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     """One row per cell x attack. Identical reruns (same cell, same seed) keep the latest, with a warning naming
     the others; runs of a cell with different seeds are averaged: every ``<metric>_mean`` is the mean over seeds,
@@ -150,8 +153,10 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     latest = df.sort_values("written", kind="stable") if "written" in df.columns else df
     runs = latest.drop_duplicates("run_dir", keep="last")
     dup = runs[runs.duplicated(run_keys, keep="last")] if run_keys else runs.iloc[0:0]
-    for _, r in dup.iterrows():
-        log.warning("%s repeats an identical run (same config and seed): the latest is reported", r["run_dir"])
+    for _, r in dup.iterrows():  # once per run, although the report aggregates for each of its tables
+        if r["run_dir"] not in _WARNED_REPEATS:
+            _WARNED_REPEATS.add(r["run_dir"])
+            log.warning("%s repeats an identical run (same config and seed): the latest is reported", r["run_dir"])
     kept = set(runs.drop_duplicates(run_keys, keep="last")["run_dir"]) if run_keys else set(runs["run_dir"])
     df = latest[latest["run_dir"].isin(kept)]
     groups = df.groupby([*keys, "attack"], sort=False, dropna=False)
@@ -248,8 +253,9 @@ def privacy_utility_table(
                 marks.append("–" if r is None or b is None else compare_to_reference(r, b, "auc", alpha))
             cells.append(" ".join(marks))
         if eps:
-            bounds = g["eps_lower_bound"].dropna()
-            cells.append(f"{bounds.max():.2f}" if len(bounds) else "–")
+            bounds = g.dropna(subset=["eps_lower_bound"])
+            top = bounds.loc[bounds["eps_lower_bound"].idxmax()] if len(bounds) else None
+            cells.append("–" if top is None else f"{top['eps_lower_bound']:.2f} ({top['attack']})")
         extra = {k.split("/", 1)[1]: v for k, v in first.items() if k.startswith("defense/") and pd.notna(v)}
         cells.append(", ".join(f"{k} {_short(v)}" for k, v in extra.items()) or "")
         lines.append("| " + " | ".join(cells) + " |")
@@ -266,9 +272,10 @@ def table_legend(reference: str, attacks: Sequence[str], alpha: float, eps: bool
         "reduces the leak these attacks measure; = or ↑ means it does not.\n"
     )
     if eps:
-        legend += ("*ε ≥*: the largest empirical epsilon lower bound over the cell's attacks, at the run's delta (95% "
-                   "Clopper-Pearson, threshold from the shadow model; docs/protocol.md); for DP-SGD the accountant's "
-                   "epsilon is under defense reports.\n")
+        legend += ("*ε ≥*: the largest empirical epsilon lower bound over the cell's attacks, with the attack that "
+                   "gave it (a weak attack can: the bound rests on its few most confident hits), at the run's delta "
+                   "(95% Clopper-Pearson, threshold from the shadow model; docs/protocol.md); for DP-SGD the "
+                   "accountant's epsilon is under defense reports.\n")
     if flagged:
         legend += (f"*⚠*: the models' test accuracy is more than {100 * RUINED_DROP:.0f} points below the undefended "
                    "cell's, or the run warned that they did not learn: lower attack figures there come with ruined "
